@@ -1,0 +1,71 @@
+"""Where the project reads and writes: repository root, data, cache and reports folders.
+
+Every location can be moved with an environment variable, so that tests and CI can work in
+temporary folders without touching the checkout:
+
+- ``HELPERS_DATA_DIR``: raw datasets (default ``<repo>/data/raw``)
+- ``HELPERS_CACHE_DIR``: generated images and prepared arrays (default ``<repo>/data/cache``)
+- ``HELPERS_REPORTS_DIR``: executed notebooks, metrics and summaries (default ``<repo>/reports``)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _from_env(name: str, default: Path) -> Path:
+    value = os.environ.get(name)
+    return Path(value).expanduser().resolve() if value else default
+
+
+def data_dir() -> Path:
+    """Folder that holds raw datasets (``HELPERS_DATA_DIR``)."""
+    return _from_env("HELPERS_DATA_DIR", REPO_ROOT / "data" / "raw")
+
+
+def cache_dir() -> Path:
+    """Folder for generated images and prepared arrays (``HELPERS_CACHE_DIR``)."""
+    return _from_env("HELPERS_CACHE_DIR", REPO_ROOT / "data" / "cache")
+
+
+def reports_dir() -> Path:
+    """Folder that receives ``<profile>/`` report folders (``HELPERS_REPORTS_DIR``)."""
+    return _from_env("HELPERS_REPORTS_DIR", REPO_ROOT / "reports")
+
+
+def notebooks_dir() -> Path:
+    """Folder of the numbered lesson notebooks and ``study.yaml``."""
+    return REPO_ROOT / "notebooks"
+
+
+@contextmanager
+def atomic_path(target: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; move it onto ``target`` only on success.
+
+    A crash or exception inside the block leaves no half-written ``target`` behind.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text_atomic(target: Path | str, text: str) -> Path:
+    """Write ``text`` to ``target`` atomically (all or nothing)."""
+    target = Path(target)
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return target

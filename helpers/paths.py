@@ -69,3 +69,14 @@ def write_text_atomic(target: Path | str, text: str) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return target
+
+
+def run_dir_for(profile: str, run_name: str, run_dir: str | Path | None = None) -> Path:
+    """Where a notebook writes its outputs.
+
+    The runner passes ``run_dir`` (``reports/<profile>/<run>``). A notebook opened by hand writes
+    to ``reports/interactive/<profile>/<run>`` instead, so it never mixes with a study's results.
+    """
+    folder = Path(run_dir) if run_dir else reports_dir() / "interactive" / profile / run_name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -1,0 +1,525 @@
+"""Metrics with bootstrap confidence intervals, patient-level results, figures and ``metrics.json``.
+
+Conventions used throughout:
+
+- ``y_true`` holds integer class indices, shape ``(N,)``; ``y_prob`` holds scores, shape ``(N, C)``,
+  column ``c`` being the probability of ``class_names[c]``. For two classes a 1-D ``y_prob`` (or
+  ``(N, 1)``, a sigmoid output) is read as the probability of class 1. The predicted class is the
+  arg-max of a row.
+- Binary (C == 2): the positive class is index 1 (e.g. "malignant"). Precision, recall
+  (sensitivity), specificity and F1 are those of the positive class; ROC AUC is that of
+  ``y_prob[:, 1]``.
+- Multiclass: macro averages over the classes; specificity and ROC AUC one-vs-rest.
+- A metric that the data leave undefined (precision with no positive prediction, specificity with
+  no negative case, ROC AUC with one class only, ...) is NaN, and ``null`` in ``metrics.json``.
+  A macro average is NaN when any class's value is.
+- Confidence intervals are percentile bootstrap intervals over cases resampled with replacement
+  (images at image level, patients at patient level); resamples where a metric is undefined are
+  left out of that metric's interval.
+- Patient level: a patient's probabilities are the mean over their images, and their true class is
+  the highest class index among their images. With classes ordered from least to most severe
+  (``["benign", "malignant"]``) a patient is malignant if any of their images is.
+
+Figures are ``matplotlib`` figures that are not left open in pyplot: they show in a notebook when
+returned or displayed, never twice, and never pile up in scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import roc_curve
+
+from helpers.paths import atomic_path, write_text_atomic
+
+METRICS_SCHEMA_VERSION: int = 1
+METRIC_NAMES = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
+
+RUN_KEYS = (
+    "name", "notebook", "profile", "study", "dataset", "task", "classes", "backbone", "head",
+    "weights", "image_size", "epochs", "batch_size", "seed", "preset", "n_train", "n_val", "n_test",
+)
+LEVEL_KEYS = (*METRIC_NAMES, "n", "confusion_matrix", "class_names")
+METRIC_ENTRY_KEYS = ("value", "ci_low", "ci_high")
+ACCURACY_COLUMNS = (
+    "accuracy", "acc", "binary_accuracy", "categorical_accuracy", "sparse_categorical_accuracy",
+)
+# Keys that would carry wall-clock values and so break byte-identical reruns of metrics.json.
+TIMING_KEY = re.compile(r"timestamp|duration|elapsed|datetime|^time$|_time$|^date$|_seconds$|_s$")
+
+_BOOTSTRAP_CELLS = 2_000_000  # resamples x cases held in memory at once
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------------
+
+def _check_class_names(class_names: Sequence[str]) -> list[str]:
+    if isinstance(class_names, str):
+        raise ValueError(f"class_names must be a sequence of names, got the string {class_names!r}")
+    names = [str(name) for name in class_names]
+    if len(names) < 2:
+        raise ValueError(f"class_names needs at least two classes, got {names}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"class_names has duplicates: {names}")
+    return names
+
+
+def _check_labels(values: Any, n_classes: int, what: str) -> np.ndarray:
+    labels = np.asarray(values)
+    if labels.ndim != 1:
+        raise ValueError(
+            f"{what} must be 1-D class indices, got shape {labels.shape} "
+            "(for one-hot labels pass labels.argmax(axis=1))"
+        )
+    if labels.size == 0:
+        raise ValueError(f"{what} is empty")
+    if labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
+        labels = labels.astype(np.int64)
+    if labels.dtype.kind not in "iub":
+        raise ValueError(f"{what} must hold integer class indices, got dtype {labels.dtype}")
+    labels = labels.astype(np.int64)
+    bad = labels[(labels < 0) | (labels >= n_classes)]
+    if bad.size:
+        raise ValueError(f"{what} has class indices outside 0..{n_classes - 1}: {sorted(set(bad.tolist()))[:5]}")
+    return labels
+
+
+def _as_prob_matrix(y_prob: Any, n_classes: int | None) -> np.ndarray:
+    prob = np.asarray(y_prob, dtype=np.float64)
+    if prob.ndim == 2 and prob.shape[1] == 1:
+        prob = prob[:, 0]
+    if prob.ndim == 1:
+        if n_classes not in (None, 2):
+            raise ValueError(f"y_prob is 1-D but there are {n_classes} classes; pass shape (N, {n_classes})")
+        prob = np.column_stack([1.0 - prob, prob])
+    if prob.ndim != 2:
+        raise ValueError(f"y_prob must have shape (N, C), got {prob.shape}")
+    if n_classes is not None and prob.shape[1] != n_classes:
+        raise ValueError(f"y_prob has {prob.shape[1]} columns but there are {n_classes} class names")
+    if not np.all(np.isfinite(prob)):
+        raise ValueError("y_prob contains NaN or infinite values")
+    return prob
+
+
+def _check_inputs(y_true: Any, y_prob: Any, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    names = _check_class_names(class_names)
+    labels = _check_labels(y_true, len(names), "y_true")
+    prob = _as_prob_matrix(y_prob, len(names))
+    if prob.shape[0] != labels.shape[0]:
+        raise ValueError(f"y_true has {labels.shape[0]} cases but y_prob has {prob.shape[0]}")
+    return labels, prob, names
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics (weighted form: one row of weights per bootstrap resample; weights of ones = the data)
+# --------------------------------------------------------------------------------------------
+
+def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    out = np.full(np.broadcast(numerator, denominator).shape, np.nan)
+    np.divide(numerator, denominator, out=out, where=denominator > 0)
+    return out
+
+
+def _weighted_auc(weights: np.ndarray, scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """ROC AUC (ties count one half) for each row of case weights ``(B, N)``; NaN if one class only."""
+    order = np.argsort(scores, kind="stable")
+    sorted_scores, pos = scores[order], positive[order]
+    w = weights[:, order]
+    starts_group = np.r_[True, sorted_scores[1:] != sorted_scores[:-1]]
+    group = np.cumsum(starts_group) - 1
+    starts = np.flatnonzero(starts_group)
+    ends = np.r_[starts[1:], sorted_scores.size]
+    cum_neg = np.zeros((w.shape[0], w.shape[1] + 1))
+    np.cumsum(w * ~pos, axis=1, out=cum_neg[:, 1:])
+    neg_below = cum_neg[:, starts[group]]
+    neg_tied = cum_neg[:, ends[group]] - neg_below
+    w_pos = w[:, pos]
+    wins = (w_pos * (neg_below[:, pos] + 0.5 * neg_tied[:, pos])).sum(axis=1)
+    return _safe_divide(wins, w_pos.sum(axis=1) * cum_neg[:, -1])
+
+
+def _weighted_metrics(weights: np.ndarray, y_true: np.ndarray, y_prob: np.ndarray) -> dict[str, np.ndarray]:
+    """All of METRIC_NAMES for each row of case weights ``(B, N)``."""
+    n_classes = y_prob.shape[1]
+    y_pred = y_prob.argmax(axis=1)
+    cells = np.zeros((y_true.size, n_classes * n_classes))
+    cells[np.arange(y_true.size), y_true * n_classes + y_pred] = 1.0
+    cm = (weights @ cells).reshape(-1, n_classes, n_classes)  # rows: true class, columns: predicted
+    total = cm.sum(axis=(1, 2))
+    tp = np.diagonal(cm, axis1=1, axis2=2)
+    fp = cm.sum(axis=1) - tp
+    fn = cm.sum(axis=2) - tp
+    tn = total[:, None] - tp - fp - fn
+    per_class = {
+        "precision": _safe_divide(tp, tp + fp),
+        "recall": _safe_divide(tp, tp + fn),
+        "specificity": _safe_divide(tn, tn + fp),
+        "f1": _safe_divide(2 * tp, 2 * tp + fp + fn),
+        "roc_auc": np.column_stack(
+            [_weighted_auc(weights, y_prob[:, c], y_true == c) for c in range(n_classes)]
+        ),
+    }
+    result = {"accuracy": _safe_divide(tp.sum(axis=1), total)}
+    for name, values in per_class.items():
+        result[name] = values[:, 1] if n_classes == 2 else values.mean(axis=1)
+    return {name: result[name] for name in METRIC_NAMES}
+
+
+def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
+    """Accuracy, precision, recall, specificity, F1 and ROC AUC (see the module notes); NaN if undefined."""
+    labels, prob, _ = _check_inputs(y_true, y_prob, class_names)
+    values = _weighted_metrics(np.ones((1, labels.size)), labels, prob)
+    return {name: float(values[name][0]) for name in METRIC_NAMES}
+
+
+def bootstrap_ci(
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap interval of each metric, resampling cases with replacement.
+
+    Resamples where a metric is undefined are left out of its interval; ``(nan, nan)`` if all
+    are (or if ``n_boot`` is 0). The same seed gives the same intervals.
+    """
+    labels, prob, _ = _check_inputs(y_true, y_prob, class_names)
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
+        raise ValueError(f"n_boot must be a non-negative integer, got {n_boot!r}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be between 0 and 1, got {level!r}")
+    n_cases = labels.size
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _BOOTSTRAP_CELLS // n_cases)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in METRIC_NAMES}
+    for start in range(0, int(n_boot), chunk):
+        size = min(chunk, int(n_boot) - start)
+        draws = rng.integers(0, n_cases, size=(size, n_cases))
+        flat = (draws + n_cases * np.arange(size)[:, None]).ravel()
+        weights = np.bincount(flat, minlength=size * n_cases).reshape(size, n_cases).astype(np.float64)
+        for name, values in _weighted_metrics(weights, labels, prob).items():
+            parts[name].append(values)
+    tail = 100.0 * (1.0 - level) / 2.0
+    intervals = {}
+    for name in METRIC_NAMES:
+        values = np.concatenate(parts[name]) if parts[name] else np.empty(0)
+        values = values[~np.isnan(values)]
+        if values.size == 0:
+            intervals[name] = (math.nan, math.nan)
+        else:
+            low, high = np.percentile(values, [tail, 100.0 - tail])
+            intervals[name] = (float(low), float(high))
+    return intervals
+
+
+def aggregate_by_patient(
+    y_true: np.ndarray, y_prob: np.ndarray, patient_ids: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One row per patient (sorted by id): mean probabilities and the highest true class index.
+
+    Returns ``(y_true_per_patient, y_prob_per_patient, patient_ids_sorted)``.
+    """
+    prob = _as_prob_matrix(y_prob, None)
+    labels = _check_labels(y_true, prob.shape[1], "y_true")
+    ids = [None if pid is None or (isinstance(pid, float) and math.isnan(pid)) else str(pid) for pid in patient_ids]
+    if len(ids) != labels.size or prob.shape[0] != labels.size:
+        raise ValueError(
+            f"y_true ({labels.size}), y_prob ({prob.shape[0]}) and patient_ids ({len(ids)}) differ in length"
+        )
+    missing = [i for i, pid in enumerate(ids) if pid is None or pid == ""]
+    if missing:
+        raise ValueError(f"patient_ids has empty or missing ids at positions {missing[:5]}")
+    patients, index = np.unique(np.asarray(ids, dtype=str), return_inverse=True)
+    counts = np.bincount(index, minlength=patients.size)
+    sums = np.zeros((patients.size, prob.shape[1]))
+    np.add.at(sums, index, prob)
+    patient_true = np.zeros(patients.size, dtype=np.int64)
+    np.maximum.at(patient_true, index, labels)
+    return patient_true, sums / counts[:, None], [str(p) for p in patients]
+
+
+def _level_summary(
+    y_true: np.ndarray, y_prob: np.ndarray, names: list[str], n_boot: int, seed: int, level: float
+) -> dict:
+    values = compute_metrics(y_true, y_prob, names)
+    intervals = bootstrap_ci(y_true, y_prob, names, n_boot=n_boot, seed=seed, level=level)
+    summary: dict[str, Any] = {
+        name: {"value": values[name], "ci_low": intervals[name][0], "ci_high": intervals[name][1]}
+        for name in METRIC_NAMES
+    }
+    n_classes = len(names)
+    cells = np.bincount(y_true * n_classes + y_prob.argmax(axis=1), minlength=n_classes * n_classes)
+    summary["n"] = int(y_true.size)
+    summary["confusion_matrix"] = cells.reshape(n_classes, n_classes).tolist()
+    summary["class_names"] = list(names)
+    return summary
+
+
+def evaluate(
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    patient_ids: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
+    """Metrics with confidence intervals at image level and, given ``patient_ids``, patient level.
+
+    Returns ``{"image_level": {metric: {"value", "ci_low", "ci_high"}, ..., "n", "confusion_matrix",
+    "class_names"}, "patient_level": same shape or None, "bootstrap": {"n_boot", "seed", "level"}}``.
+    The confusion matrix has true classes as rows and predicted classes as columns.
+    """
+    labels, prob, names = _check_inputs(y_true, y_prob, class_names)
+    result = {
+        "image_level": _level_summary(labels, prob, names, n_boot, seed, level),
+        "patient_level": None,
+        "bootstrap": {"n_boot": int(n_boot), "seed": int(seed), "level": float(level)},
+    }
+    if patient_ids is not None:
+        patient_true, patient_prob, _ = aggregate_by_patient(labels, prob, patient_ids)
+        result["patient_level"] = _level_summary(patient_true, patient_prob, names, n_boot, seed, level)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+def _new_figure(**kwargs: Any) -> Figure:
+    """A figure that shows in a notebook when returned, but is not kept open by pyplot."""
+    fig = plt.figure(layout="constrained", **kwargs)
+    plt.close(fig)
+    return fig
+
+
+def plot_confusion_matrix(
+    y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str], *, title: str = "", normalise: bool = False
+) -> Figure:
+    """Heatmap of counts (or of row fractions with ``normalise``); rows true, columns predicted."""
+    names = _check_class_names(class_names)
+    n_classes = len(names)
+    labels = _check_labels(y_true, n_classes, "y_true")
+    predicted = _check_labels(y_pred, n_classes, "y_pred")
+    if predicted.size != labels.size:
+        raise ValueError(f"y_true has {labels.size} cases but y_pred has {predicted.size}")
+    counts = np.bincount(labels * n_classes + predicted, minlength=n_classes * n_classes)
+    counts = counts.reshape(n_classes, n_classes)
+    if normalise:
+        data = _safe_divide(counts.astype(np.float64), counts.sum(axis=1, keepdims=True).astype(np.float64))
+        style = {"fmt": ".2f", "vmin": 0.0, "vmax": 1.0}
+    else:
+        data, style = counts, {"fmt": "d"}
+    fig = _new_figure(figsize=(2.5 + 1.1 * n_classes, 2.0 + 1.0 * n_classes))
+    ax = fig.add_subplot()
+    sns.heatmap(data, annot=True, cmap="Blues", square=True, xticklabels=names, yticklabels=names, ax=ax, **style)
+    ax.set_xlabel("Predicted class")
+    ax.set_ylabel("True class")
+    ax.set_title(title or ("Confusion matrix (row fractions)" if normalise else "Confusion matrix"))
+    return fig
+
+
+def plot_roc(y_true: np.ndarray, y_prob: np.ndarray, class_names: Sequence[str], *, title: str = "") -> Figure:
+    """ROC curve of the positive class (binary) or one-vs-rest curve per class, AUC in the legend."""
+    labels, prob, names = _check_inputs(y_true, y_prob, class_names)
+    fig = _new_figure(figsize=(5.0, 4.5))
+    ax = fig.add_subplot()
+    classes = [1] if len(names) == 2 else list(range(len(names)))
+    for c in classes:
+        positive = labels == c
+        label = names[c] if len(names) == 2 else f"{names[c]} vs rest"
+        if positive.all() or not positive.any():
+            ax.plot([], [], label=f"{label}: undefined (one class only)")
+            continue
+        fpr, tpr, _ = roc_curve(positive, prob[:, c])
+        auc = _weighted_auc(np.ones((1, labels.size)), prob[:, c], positive)[0]
+        ax.plot(fpr, tpr, label=f"{label} (AUC = {auc:.3f})")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("False positive rate (1 - specificity)")
+    ax.set_ylabel("True positive rate (sensitivity)")
+    ax.set_title(title or "ROC curve")
+    ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def plot_history(history: pd.DataFrame, *, title: str = "") -> Figure:
+    """Loss and accuracy per epoch, training against validation, in two panels.
+
+    ``history`` is the CSV history of a run as a DataFrame (columns ``epoch``, ``loss``,
+    ``accuracy``, ``val_loss``, ``val_accuracy``; a mapping or a Keras ``History`` also works).
+    """
+    if hasattr(history, "history") and isinstance(history.history, Mapping):
+        history = history.history
+    frame = history if isinstance(history, pd.DataFrame) else pd.DataFrame(history)
+    if frame.empty or "loss" not in frame.columns:
+        raise ValueError(f"history needs a 'loss' column and at least one epoch, got columns {list(frame.columns)}")
+    epochs = frame["epoch"].to_numpy() + 1 if "epoch" in frame.columns else np.arange(1, len(frame) + 1)
+    accuracy = next((column for column in ACCURACY_COLUMNS if column in frame.columns), None)
+    fig = _new_figure(figsize=(9.0, 3.5))
+    loss_ax, accuracy_ax = fig.subplots(1, 2)
+    for ax, column, panel in ((loss_ax, "loss", "Loss"), (accuracy_ax, accuracy, "Accuracy")):
+        ax.set_title(panel)
+        ax.set_xlabel("Epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if column is None:
+            ax.text(0.5, 0.5, "no accuracy recorded", ha="center", va="center", transform=ax.transAxes)
+            continue
+        ax.plot(epochs, frame[column].to_numpy(), marker="o", label="train")
+        if f"val_{column}" in frame.columns:
+            ax.plot(epochs, frame[f"val_{column}"].to_numpy(), marker="o", label="validation")
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def save_figure(fig: Figure, path: Path, *, dpi: int = 100) -> Path:
+    """Write ``fig`` as a PNG atomically (same figure, same bytes) and close it; return the path."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"{path}: save_figure writes PNG files; use a .png name")
+    if isinstance(dpi, bool) or not isinstance(dpi, (int, float, np.integer, np.floating)) or not 0 < dpi < 10_000:
+        raise ValueError(f"{path}: dpi must be a positive number below 10000, got {dpi!r}")
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
+    finally:
+        plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# metrics.json
+# --------------------------------------------------------------------------------------------
+
+def _missing_level_keys(level: Any, prefix: str) -> list[str]:
+    if not isinstance(level, Mapping):
+        return [f"{prefix} (must be an object)"]
+    missing = [f"{prefix}.{key}" for key in LEVEL_KEYS if key not in level]
+    for name in METRIC_NAMES:
+        entry = level.get(name)
+        if name in level and not isinstance(entry, Mapping):
+            missing.append(f"{prefix}.{name} (must be an object)")
+        elif isinstance(entry, Mapping):
+            missing += [f"{prefix}.{name}.{key}" for key in METRIC_ENTRY_KEYS if key not in entry]
+    return missing
+
+
+def _missing_keys(record: Any) -> list[str]:
+    """Required keys absent from a metrics record, as dotted paths."""
+    if not isinstance(record, Mapping):
+        return ["(the record must be an object)"]
+    missing = []
+    run = record.get("run")
+    if not isinstance(run, Mapping):
+        missing.append("run" if "run" not in record else "run (must be an object)")
+    else:
+        missing += [f"run.{key}" for key in RUN_KEYS if key not in run]
+    if "image_level" not in record:
+        missing.append("image_level")
+    else:
+        missing += _missing_level_keys(record["image_level"], "image_level")
+    if record.get("patient_level") is not None:
+        missing += _missing_level_keys(record["patient_level"], "patient_level")
+    return missing
+
+
+def _to_plain(value: Any, where: str) -> Any:
+    """``value`` as plain JSON types: floats rounded to 6 decimals, NaN as None."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        number = float(value)
+        if math.isnan(number):
+            return None
+        if math.isinf(number):
+            raise ValueError(f"{where}: infinite value {number} cannot be stored in metrics.json")
+        return round(number, 6) + 0.0  # + 0.0 turns -0.0 into 0.0
+    if isinstance(value, Path):
+        return value.as_posix()
+    if isinstance(value, Mapping):
+        plain = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where}: keys must be strings, got {key!r}")
+            if TIMING_KEY.search(key):
+                raise ValueError(
+                    f"{where}.{key}: timings and timestamps do not belong in metrics.json "
+                    "(they break byte-identical reruns); store them elsewhere"
+                )
+            plain[key] = _to_plain(item, f"{where}.{key}")
+        return plain
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    raise ValueError(f"{where}: cannot store a {type(value).__name__} in metrics.json")
+
+
+def write_metrics_json(path: Path, record: dict) -> Path:
+    """Validate ``record`` and write it as versioned, byte-stable JSON, atomically; return the path.
+
+    ``record`` needs ``run`` (with all of RUN_KEYS) and ``image_level`` (as from ``evaluate``);
+    ``patient_level`` is optional. Nothing is written if the record is invalid.
+    """
+    path = Path(path)
+    missing = _missing_keys(record)
+    if missing:
+        raise ValueError(f"{path}: metrics record is missing keys: {', '.join(missing)}")
+    version = record.get("schema_version", METRICS_SCHEMA_VERSION)
+    if version != METRICS_SCHEMA_VERSION:
+        raise ValueError(f"{path}: record has schema_version {version!r}, this code writes {METRICS_SCHEMA_VERSION}")
+    plain = _to_plain(record, "record")
+    plain["schema_version"] = METRICS_SCHEMA_VERSION
+    text = json.dumps(plain, sort_keys=True, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+    return write_text_atomic(path, text)
+
+
+def read_metrics_json(path: Path) -> dict:
+    """Read a ``metrics.json``; ValueError naming the file if it is not valid or not supported.
+
+    Undefined metrics come back as ``None`` (JSON ``null``).
+    """
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a valid metrics.json ({error})") from error
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: not a valid metrics.json (top level is not an object)")
+    version = record.get("schema_version")
+    if version is None:
+        raise ValueError(f"{path}: no schema_version; not a metrics.json written by helpers.evaluation")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"{path}: invalid schema_version {version!r}")
+    if version > METRICS_SCHEMA_VERSION:
+        raise ValueError(
+            f"{path}: schema_version {version} is newer than this code reads ({METRICS_SCHEMA_VERSION}); "
+            "update the helpers package"
+        )
+    missing = _missing_keys(record)
+    if missing:
+        raise ValueError(f"{path}: metrics.json is missing keys: {', '.join(missing)}")
+    return record

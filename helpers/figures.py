@@ -1,0 +1,52 @@
+"""Figures of images for the lessons: galleries, preprocessing steps, masks (metric plots live in evaluation)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def _show(ax, image: np.ndarray, title: str = "") -> None:
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 3 and image.shape[-1] == 3:
+        low, high = float(image.min()), float(image.max())
+        image = (image - low) / (high - low) if high > low else np.zeros_like(image)
+        ax.imshow(image)
+    else:
+        ax.imshow(np.squeeze(image), cmap="gray")
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, *, ncols: int = 4,
+               size: float = 2.2) -> Figure:
+    """A grid of images (grey or RGB) with optional titles."""
+    count = len(images)
+    nrows = max(1, int(np.ceil(count / ncols)))
+    fig = Figure(figsize=(size * ncols, size * nrows))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    for i, ax in enumerate(axes):
+        if i < count:
+            _show(ax, images[i], titles[i] if titles else "")
+        else:
+            ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def steps_figure(steps: Sequence[tuple[str, np.ndarray]], *, ncols: int = 4) -> Figure:
+    """Each preprocessing step's output, in order, titled with the step's name."""
+    return image_grid([image for _, image in steps], [f"{i}. {name}" for i, (name, _) in enumerate(steps, 1)],
+                      ncols=ncols)
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray, *, title: str = "") -> Figure:
+    """An image with a mask's outline drawn over it."""
+    fig = Figure(figsize=(4, 4))
+    ax = fig.subplots()
+    _show(ax, image, title)
+    ax.contour(np.asarray(mask, dtype=float), levels=[0.5], colors="red", linewidths=1)
+    fig.tight_layout()
+    return fig

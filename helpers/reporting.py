@@ -1,0 +1,204 @@
+"""Collect every run's ``metrics.json``, set our numbers beside the papers', render the summary.
+
+``build_report(profile_dir)`` writes ``index.html`` and its Markdown twin ``index.md`` into the
+profile's report folder. Our numbers are labelled as ours (with the data, weights and profile that
+produced them); the papers' numbers are quoted as theirs, with the table they come from.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from helpers import evaluation, paths
+from helpers.plan import get_profile
+
+FIGURES = ("history.png", "confusion_matrix.png", "roc.png")
+_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
+
+
+def profile_dir(profile: str, run_dir: str | Path | None = None) -> Path:
+    """The folder holding a profile's runs: the parent of the runner's run folder, else reports/<profile>."""
+    return Path(run_dir).parent if run_dir else paths.reports_dir() / profile
+
+
+def collect_runs(folder: Path | str) -> list[dict[str, Any]]:
+    """One entry per run folder: its ``run.json`` status and, if present, its metrics."""
+    folder = Path(folder)
+    entries = []
+    for run_dir in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.exists() else []:
+        status_file, metrics_file = run_dir / "run.json", run_dir / "metrics.json"
+        status = json.loads(status_file.read_text(encoding="utf-8")) if status_file.exists() else {}
+        metrics = evaluation.read_metrics_json(metrics_file) if metrics_file.exists() else None
+        if not status and metrics is None:
+            continue
+        entries.append({"name": run_dir.name, "dir": run_dir, "status": status, "metrics": metrics})
+    return entries
+
+
+def results_table(entries: list[dict[str, Any]], level: str = "image_level") -> pd.DataFrame:
+    """Our results: one row per run with metrics (value and 95 % CI) and their provenance."""
+    rows = []
+    for entry in entries:
+        metrics = entry["metrics"]
+        if not metrics or not metrics.get(level):
+            continue
+        run = metrics["run"]
+        row = {
+            "run": entry["name"], "study": run.get("study"), "dataset": run.get("dataset"),
+            "task": run.get("task"), "backbone": run.get("backbone"), "weights": run.get("weights"),
+            "profile": run.get("profile"), "input": "x".join(map(str, run.get("image_size", []))),
+            "epochs": run.get("epochs"), "n_test": metrics[level].get("n"),
+        }
+        for name in _METRICS:
+            cell = metrics[level].get(name) or {}
+            row[name] = cell.get("value")
+            row[f"{name}_ci"] = _ci(cell)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _ci(cell: dict[str, Any]) -> str:
+    low, high = cell.get("ci_low"), cell.get("ci_high")
+    return "" if low is None or high is None else f"[{low:.3f}, {high:.3f}]"
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def comparison_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
+    """Ours beside theirs: for each run, the rows the papers report for the same backbone."""
+    from helpers import studies
+
+    reported = studies.reported_table()
+    ours = results_table(entries)
+    rows = []
+    for _, run in ours.iterrows():
+        rows.append({
+            "backbone": run["backbone"], "source": f"ours ({run['run']})", "dataset": run["dataset"],
+            "classifier": "softmax", "setting": f"{run['profile']} profile, weights: {run['weights']}",
+            "accuracy": run["accuracy"], "recall": run["recall"], "f1": run["f1"], "roc_auc": run["roc_auc"],
+        })
+        theirs = reported[reported["backbone"] == run["backbone"]]
+        for _, paper in theirs.iterrows():
+            rows.append({
+                "backbone": run["backbone"], "source": f"paper {paper['study']} ({paper['slug']}, {paper['source']})",
+                "dataset": paper["dataset"], "classifier": paper["classifier"],
+                "setting": f"{paper['optimiser'] or ''} {paper['split'] or ''}".strip(),
+                "accuracy": paper["accuracy"], "recall": paper["recall"], "f1": paper["f1"], "roc_auc": paper["auc"],
+            })
+    return pd.DataFrame(rows, columns=["backbone", "source", "dataset", "classifier", "setting",
+                                       "accuracy", "recall", "f1", "roc_auc"])
+
+
+def plot_comparison(table: pd.DataFrame, *, title: str = ""):
+    """Bar chart of accuracy per backbone: ours beside each paper's."""
+    import seaborn as sns
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 3.5))
+    ax = fig.subplots()
+    data = table.dropna(subset=["accuracy"]).assign(
+        who=lambda t: t["source"].str.split(" \\(").str[0])
+    if not data.empty:
+        sns.barplot(data=data, x="backbone", y="accuracy", hue="who", ax=ax, errorbar=None)
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_ylim(0, 1)
+    ax.set_title(title or "Accuracy: ours vs. the papers' (theirs on their data)")
+    fig.tight_layout()
+    return fig
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "_none_\n"
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+    body = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "<p><em>none</em></p>"
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+        for row in frame.itertuples(index=False)
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _status_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = [{"run": e["name"], "status": e["status"].get("status", "?"),
+             "seconds": e["status"].get("seconds"), "message": e["status"].get("message", "")}
+            for e in entries]
+    return pd.DataFrame(rows, columns=["run", "status", "seconds", "message"])
+
+
+def build_report(folder: Path | str, *, profile: str) -> Path:
+    """Write ``index.md`` and ``index.html`` for the runs in ``folder``; return the HTML path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = collect_runs(folder)
+    try:
+        settings = get_profile(profile)
+    except KeyError:
+        settings = {}
+    ours = results_table(entries)
+    ours_shown = ours[[c for c in ours.columns if not c.endswith("_ci")]] if not ours.empty else ours
+    with_ci = ours[["run"] + [f"{m}_ci" for m in _METRICS]] if not ours.empty else ours
+    patients = results_table(entries, level="patient_level")
+    patients = patients[[c for c in patients.columns if not c.endswith("_ci")]] if not patients.empty else patients
+    compare = comparison_table(entries)
+    if not compare.empty:
+        evaluation.save_figure(plot_comparison(compare), folder / "comparison.png")
+    scaled = settings.get("scaled_down") or []
+    intro = [
+        f"Profile **{profile}**: {' '.join(str(settings.get('description', '')).split())}",
+        "Scaled down from the papers: " + ("; ".join(scaled) if scaled else "nothing") + ".",
+        "Numbers under *ours* were produced by this project on the data, weights and profile named in "
+        "each row; numbers under *paper* are quoted from the publications, measured on their data.",
+    ]
+    figures = [(e["name"], [f for f in FIGURES if (e["dir"] / f).exists()]) for e in entries]
+    md = [f"# Study report: profile `{profile}`\n", *(line + "\n" for line in intro),
+          "\n## Runs\n", _markdown_table(_status_table(entries)),
+          "\n## Our results (image level, test split)\n", _markdown_table(ours_shown),
+          "\n95 % bootstrap confidence intervals:\n\n", _markdown_table(with_ci),
+          "\n## Our results (patient level)\n", _markdown_table(patients),
+          "\n## Ours beside the papers' (same backbone)\n", _markdown_table(compare)]
+    if (folder / "comparison.png").exists():
+        md.append("\n![comparison](comparison.png)\n")
+    md.append("\n## Figures\n")
+    for name, files in figures:
+        if files:
+            md.append(f"\n### {name}\n\n" + " ".join(f"![{f}]({name}/{f})" for f in files) + "\n")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 6px}th{background:#eee}img{max-width:32%}")
+    page = [f"<!doctype html><html><head><meta charset='utf-8'><title>Study report: {html.escape(profile)}</title>"
+            f"<style>{style}</style></head><body>",
+            f"<h1>Study report: profile <code>{html.escape(profile)}</code></h1>",
+            *(f"<p>{html.escape(line).replace('**', '')}</p>" for line in intro),
+            "<h2>Runs</h2>", _html_table(_status_table(entries)),
+            "<h2>Our results (image level, test split)</h2>", _html_table(ours_shown),
+            "<p>95 % bootstrap confidence intervals:</p>", _html_table(with_ci),
+            "<h2>Our results (patient level)</h2>", _html_table(patients),
+            "<h2>Ours beside the papers' (same backbone)</h2>", _html_table(compare)]
+    if (folder / "comparison.png").exists():
+        page.append("<img src='comparison.png' alt='comparison' style='max-width:100%'>")
+    page.append("<h2>Figures</h2>")
+    for name, files in figures:
+        if files:
+            page.append(f"<h3>{html.escape(name)}</h3>" + "".join(
+                f"<img src='{html.escape(name)}/{f}' alt='{f}'>" for f in files))
+    page.append("</body></html>\n")
+    paths.write_text_atomic(folder / "index.md", "".join(md))
+    return paths.write_text_atomic(folder / "index.html", "\n".join(page))

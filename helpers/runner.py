@@ -1,0 +1,218 @@
+"""Execute the study plan with papermill: one notebook run after another, into ``reports/<profile>/``.
+
+For each planned run the runner checks whether its inputs changed since the last successful run
+(notebook, parameters, helpers code, plan); if not, it skips it. Otherwise it executes the
+notebook in a separate process with a time limit, streams progress (cells and epochs) to the
+console, keeps the full log, and records the outcome in ``run.json``. A failed run does not stop
+the others. At the end it writes the summary report (``index.html`` and ``index.md``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, TextIO
+
+import yaml
+
+from helpers import paths
+from helpers.plan import PlannedRun, load_plan, planned_runs
+
+RUN_FILE = "run.json"
+LOG_FILE = "log.txt"
+_PROGRESS = re.compile(r"(Epoch \d+/\d+|Executing Cell \d+|^\S*\d+/\d+ - .*loss)")
+_CELL = re.compile(r"Executing Cell (\d+)")
+
+
+@dataclass
+class RunOutcome:
+    name: str
+    status: str          # "ok", "skipped", "failed", "timeout"
+    seconds: float
+    message: str = ""
+    run_dir: Path | None = None
+
+
+def code_fingerprint() -> str:
+    """Hash of the helpers package source: a change in the code invalidates earlier runs."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(paths.REPO_ROOT / "helpers").glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def run_fingerprint(run: PlannedRun, profile_settings: dict) -> str:
+    digest = hashlib.sha256()
+    digest.update(run.notebook.read_bytes())
+    digest.update(json.dumps(run.parameters, sort_keys=True).encode())
+    digest.update(json.dumps(profile_settings, sort_keys=True, default=str).encode())
+    digest.update(code_fingerprint().encode())
+    data_dir = run.parameters.get("DATA_DIR")
+    if data_dir and Path(data_dir).exists():
+        digest.update(str(Path(data_dir).stat().st_mtime_ns).encode())
+    return digest.hexdigest()
+
+
+def _previous(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _pump(stream: TextIO, log: TextIO, echo: Callable[[str], None]) -> None:
+    for line in stream:
+        log.write(line)
+        log.flush()
+        if _PROGRESS.search(line):
+            echo(line.rstrip())
+
+
+def _failure_reason(log_path: Path) -> str:
+    """The exception papermill reports, taken from the end of the log."""
+    text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[A-Za-z_.]*(Error|Exception|Exit)\b.*:", line) or "Error:" in line:
+            return line[-400:]
+    return lines[-1][-400:] if lines else "no output"
+
+
+def execute(run: PlannedRun, *, fingerprint: str, echo: Callable[[str], None] = print) -> RunOutcome:
+    """Execute one planned notebook run with papermill in a child process, within its time limit."""
+    run_dir = run.run_dir
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    output = run_dir / run.notebook.name
+    log_path = run_dir / LOG_FILE
+    command = [
+        sys.executable, "-m", "papermill", str(run.notebook), str(output),
+        "-y", yaml.safe_dump(run.parameters), "--cwd", str(run.notebook.parent),
+        "--log-output", "--no-progress-bar", "--kernel", "python3",
+    ]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    started = time.monotonic()
+    status, message = "ok", ""
+    with open(log_path, "w", encoding="utf-8") as log:
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=env, start_new_session=True,
+        )
+        pump = threading.Thread(target=_pump, args=(process.stdout, log, echo), daemon=True)
+        pump.start()
+        try:
+            code = process.wait(timeout=run.timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            code = None
+        pump.join(timeout=10)
+    seconds = time.monotonic() - started
+    if code is None:
+        status, message = "timeout", f"stopped after its time limit of {run.timeout_s} s"
+    elif code != 0:
+        status, message = "failed", _failure_reason(log_path)
+    if status != "ok":
+        # a failed run must not leave metrics that the report would take for real results
+        for name in ("metrics.json",):
+            (run_dir / name).unlink(missing_ok=True)
+    record = {"name": run.name, "status": status, "message": message, "seconds": round(seconds, 1),
+              "fingerprint": fingerprint, "notebook": run.notebook.name, "parameters": run.parameters}
+    paths.write_text_atomic(run_dir / RUN_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return RunOutcome(run.name, status, seconds, message, run_dir)
+
+
+def run_plan(
+    profile: str,
+    *,
+    only: list[str] | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    force: bool = False,
+    echo: Callable[[str], None] = print,
+) -> tuple[list[RunOutcome], Path]:
+    """Run the plan for ``profile``; return the outcomes and the path of the summary page."""
+    from helpers import reporting
+
+    plan = load_plan()
+    profile_settings = plan.profiles[profile] if profile in plan.profiles else None
+    runs = planned_runs(profile, only=only, dataset=dataset, data_dir=data_dir, plan=plan)
+    ordered = [r for r in runs if not r.after_all] + [r for r in runs if r.after_all]
+    outcomes: list[RunOutcome] = []
+    for number, run in enumerate(ordered, start=1):
+        fingerprint = run_fingerprint(run, profile_settings)
+        label = f"[{number}/{len(ordered)}] {run.name} ({run.notebook.name})"
+        previous = _previous(run.run_dir)
+        unchanged = previous.get("fingerprint") == fingerprint and previous.get("status") == "ok"
+        if unchanged and not force and not run.after_all:
+            echo(f"{label}: unchanged since the last run, skipped")
+            outcomes.append(RunOutcome(run.name, "skipped", 0.0, "unchanged", run.run_dir))
+            continue
+        echo(f"{label}: running (time limit {run.timeout_s} s)")
+        outcome = execute(run, fingerprint=fingerprint, echo=lambda line, n=run.name: echo(f"    {n}: {line}"))
+        tail = f": {outcome.message}" if outcome.message else ""
+        echo(f"{label}: {outcome.status} in {outcome.seconds:.0f} s{tail}")
+        if outcome.status != "ok":
+            echo(f"    full log: {outcome.run_dir / LOG_FILE}")
+        outcomes.append(outcome)
+    index = reporting.build_report(paths.reports_dir() / profile, profile=profile)
+    return outcomes, index
+
+
+def clean_notebook_metadata(path: Path) -> None:
+    """Drop papermill's timing metadata so a refreshed notebook differs only where outputs do."""
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    notebook.metadata.pop("papermill", None)
+    for cell in notebook.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+        if cell.cell_type == "code":
+            for output in cell.get("outputs", []):
+                output.get("metadata", {}).pop("papermill", None)
+    nbformat.write(notebook, path)
+
+
+def isolated_env(folder: Path) -> dict[str, str]:
+    """Environment whose reports and cache live under ``folder`` (tests, notebook refresh)."""
+    return dict(
+        os.environ,
+        HELPERS_REPORTS_DIR=str(folder / "reports"),
+        HELPERS_CACHE_DIR=str(folder / "cache"),
+        PYTHONUNBUFFERED="1",
+    )
+
+
+def refresh_notebooks(notebooks: list[str] | None = None) -> None:
+    """Re-execute the committed notebooks with their default (smoke) parameters, in place.
+
+    The smoke study runs first in a temporary folder, so that the results notebook has runs to
+    show; the notebooks are then executed against that folder exactly as the nbval test does.
+    """
+    import tempfile
+
+    targets = [Path(n) for n in notebooks] if notebooks else sorted(paths.notebooks_dir().glob("[0-9]*.ipynb"))
+    with tempfile.TemporaryDirectory(prefix="helpers-refresh-") as tmp:
+        env = isolated_env(Path(tmp))
+        subprocess.run([sys.executable, "-m", "helpers", "run", "--profile", "smoke"], env=env, check=True)
+        for notebook in targets:
+            print(f"refreshing {notebook}")
+            subprocess.run(
+                [sys.executable, "-m", "papermill", str(notebook), str(notebook), "--cwd",
+                 str(notebook.parent), "--kernel", "python3", "--no-progress-bar"],
+                env=env, check=True,
+            )
+            clean_notebook_metadata(notebook)

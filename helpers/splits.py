@@ -1,0 +1,189 @@
+"""Patient-level, stratified, seeded train/validation/test splits, saved as JSON and leak-checked.
+
+Images of one patient (both breasts, both views) are strongly correlated; putting some of them in
+training and others in test inflates every metric. So splits are drawn over *patients*, stratified
+by the patient's most severe class, and checked for leakage when made and when loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from helpers.paths import write_text_atomic
+
+SPLITS = ("train", "val", "test")
+SPLIT_FILE_VERSION = 1
+_SEVERITY = {"normal": 0, "abnormal": 1, "benign": 1, "malignant": 2}
+
+
+class LeakageError(ValueError):
+    """A patient (or an image) appears in more than one split."""
+
+
+def _class_column(manifest: pd.DataFrame) -> str:
+    return "target" if "target" in manifest.columns else "label"
+
+
+def _patient_classes(manifest: pd.DataFrame) -> pd.Series:
+    """The stratification class of each patient: the most severe class among its images."""
+    column = _class_column(manifest)
+    severity = manifest[column].map(lambda c: _SEVERITY.get(c, 0))
+    order = manifest.assign(_severity=severity).sort_values("_severity", kind="stable")
+    return order.groupby("patient_id", sort=True)[column].last()
+
+
+def patient_split(
+    manifest: pd.DataFrame, *, test_size: float, val_size: float, seed: int
+) -> pd.DataFrame:
+    """Return a copy of ``manifest`` with a ``split`` column (train/val/test), drawn by patient.
+
+    Patients are stratified by their most severe class (``target`` if present, else ``label``);
+    within each class they are shuffled with ``seed`` and the first ``test_size`` share goes to
+    test, the next ``val_size`` share to validation, the rest to training (each split gets at
+    least one patient of a class that has three or more). The result is leak-checked.
+    """
+    if not 0 < test_size < 1 or not 0 <= val_size < 1 or test_size + val_size >= 1:
+        raise ValueError(f"test_size={test_size} and val_size={val_size} must be fractions summing below 1")
+    if manifest.empty:
+        raise ValueError("cannot split an empty manifest")
+    classes = _patient_classes(manifest)
+    if classes.nunique() < 2:
+        raise ValueError(
+            f"cannot make a stratified split: every patient has class {classes.iloc[0]!r}"
+        )
+    rng = np.random.default_rng(seed)
+    assignment: dict[str, str] = {}
+    for cls in sorted(classes.unique()):
+        patients = np.array(sorted(classes.index[classes == cls]))
+        rng.shuffle(patients)
+        n = len(patients)
+        n_test = int(round(n * test_size))
+        n_val = int(round(n * val_size))
+        if n >= 3:
+            n_test = max(n_test, 1)
+            n_val = max(n_val, 1) if val_size > 0 else 0
+        n_test = min(n_test, n - 1) if n > 1 else n_test
+        n_val = min(n_val, n - n_test - 1) if n - n_test > 1 else 0
+        for i, patient in enumerate(patients):
+            assignment[patient] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    result = manifest.copy()
+    result["split"] = result["patient_id"].map(assignment)
+    check_no_leakage(result)
+    return result
+
+
+def check_no_leakage(manifest: pd.DataFrame) -> None:
+    """Raise :class:`LeakageError` if a patient or an image sits in more than one split."""
+    if "split" not in manifest.columns:
+        raise ValueError("manifest has no 'split' column: make one with patient_split first")
+    unknown = set(manifest["split"].dropna()) - set(SPLITS)
+    if unknown or manifest["split"].isna().any():
+        raise ValueError(f"split column holds values other than {SPLITS}: {sorted(map(str, unknown))}")
+    per_patient = manifest.groupby("patient_id")["split"].nunique()
+    leaked = sorted(per_patient.index[per_patient > 1])
+    if leaked:
+        shown = ", ".join(leaked[:10]) + (" ..." if len(leaked) > 10 else "")
+        raise LeakageError(f"{len(leaked)} patient(s) appear in more than one split: {shown}")
+    per_image = manifest.groupby("image_path")["split"].nunique()
+    leaked_images = sorted(per_image.index[per_image > 1])
+    if leaked_images:
+        raise LeakageError(
+            f"{len(leaked_images)} image(s) appear in more than one split, e.g. {leaked_images[0]}"
+        )
+
+
+def split_summary(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Images and patients per split and class, for lessons and reports."""
+    column = _class_column(manifest)
+    images = manifest.pivot_table(index="split", columns=column, values="image_path", aggfunc="count", fill_value=0)
+    patients = manifest.groupby("split")["patient_id"].nunique().rename("patients")
+    table = images.join(patients).reindex([s for s in SPLITS if s in images.index])
+    table.columns.name = None
+    return table
+
+
+def save_split(manifest: pd.DataFrame, path: Path | str, *, seed: int, test_size: float, val_size: float) -> Path:
+    """Write the patient assignment of a split manifest to JSON (atomically)."""
+    check_no_leakage(manifest)
+    patients = {
+        split: sorted(manifest.loc[manifest["split"] == split, "patient_id"].unique().tolist())
+        for split in SPLITS
+    }
+    payload = {
+        "version": SPLIT_FILE_VERSION,
+        "seed": seed,
+        "test_size": test_size,
+        "val_size": val_size,
+        "manifest_fingerprint": manifest_fingerprint(manifest),
+        "patients": patients,
+    }
+    return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def load_split(path: Path | str, manifest: pd.DataFrame) -> pd.DataFrame:
+    """Apply a saved split to ``manifest`` and leak-check it; errors name the file."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        patients = payload["patients"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not a readable split file ({error})") from error
+    assignment: dict[str, str] = {}
+    for split in SPLITS:
+        for patient in patients.get(split, []):
+            if patient in assignment:
+                raise LeakageError(f"{path}: patient {patient} listed in both {assignment[patient]} and {split}")
+            assignment[patient] = split
+    missing = sorted(set(manifest["patient_id"]) - set(assignment))
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} patient(s) of the manifest are in no split, e.g. {missing[0]}")
+    result = manifest.copy()
+    result["split"] = result["patient_id"].map(assignment)
+    check_no_leakage(result)
+    return result
+
+
+def manifest_fingerprint(manifest: pd.DataFrame) -> str:
+    """A short hash of the (image, patient, label) rows, to tell whether a saved split still fits."""
+    rows = sorted(zip(manifest["image_path"], manifest["patient_id"], manifest[_class_column(manifest)]))
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def make_or_load_split(
+    manifest: pd.DataFrame, path: Path | str, *, test_size: float, val_size: float, seed: int
+) -> pd.DataFrame:
+    """Load the split saved at ``path`` if it was made for this manifest and these settings, else make and save it."""
+    path = Path(path)
+    if path.exists():
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        same = (
+            payload.get("seed") == seed
+            and payload.get("test_size") == test_size
+            and payload.get("val_size") == val_size
+            and payload.get("manifest_fingerprint") == manifest_fingerprint(manifest)
+        )
+        if same:
+            return load_split(path, manifest)
+    result = patient_split(manifest, test_size=test_size, val_size=val_size, seed=seed)
+    save_split(result, path, seed=seed, test_size=test_size, val_size=val_size)
+    return result
+
+
+def naive_image_split(manifest: pd.DataFrame, *, test_size: float, seed: int) -> pd.DataFrame:
+    """An image-level train/test split: what *not* to do, kept for the lesson on leakage."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(manifest))
+    n_test = int(round(len(manifest) * test_size))
+    split = np.where(np.isin(np.arange(len(manifest)), order[:n_test]), "test", "train")
+    return manifest.assign(split=split)
+
+
+def leaked_patients(manifest: pd.DataFrame) -> list[str]:
+    """Patients whose images sit in more than one split (empty for a sound split)."""
+    per_patient = manifest.groupby("patient_id")["split"].nunique()
+    return sorted(per_patient.index[per_patient > 1])

@@ -1,0 +1,391 @@
+"""Tests of helpers.evaluation: metrics, bootstrap intervals, patient level, figures, metrics.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+
+from helpers import evaluation as ev
+
+BINARY = ["benign", "malignant"]
+THREE = ["normal", "benign", "malignant"]
+
+# Binary example worked by hand: TP 3, FN 1, FP 1, TN 5; 22 of 24 positive/negative pairs ranked right.
+BINARY_TRUE = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+BINARY_P1 = np.array([0.9, 0.8, 0.4, 0.7, 0.1, 0.2, 0.6, 0.3, 0.45, 0.05])
+BINARY_PROB = np.column_stack([1 - BINARY_P1, BINARY_P1])
+
+# Three-class example worked by hand: predictions [0, 1, 1, 1, 2, 0].
+THREE_TRUE = np.array([0, 0, 1, 1, 2, 2])
+THREE_PROB = np.array([
+    [0.7, 0.2, 0.1],
+    [0.3, 0.6, 0.1],
+    [0.2, 0.7, 0.1],
+    [0.1, 0.8, 0.1],
+    [0.1, 0.2, 0.7],
+    [0.5, 0.1, 0.4],
+])
+
+
+def noisy_binary(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and probabilities of a classifier that is right about 80 % of the time."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    p1 = np.clip(0.5 + 0.35 * (2 * y - 1) + rng.normal(0, 0.45, n), 0, 1)
+    return y, np.column_stack([1 - p1, p1])
+
+
+def make_record(seed: int = 0) -> dict:
+    y, prob = noisy_binary(40, seed=3)
+    patients = [f"P{i // 2:03d}" for i in range(40)]
+    result = ev.evaluate(y, prob, BINARY, patient_ids=patients, n_boot=50, seed=seed)
+    run = {
+        "name": "vgg16_cbis", "notebook": "03_transfer_learning.ipynb", "profile": "smoke",
+        "study": "mahmood2021", "dataset": "synthetic", "task": "benign_vs_malignant",
+        "classes": BINARY, "backbone": "vgg16", "head": "mahmood2021", "weights": None,
+        "image_size": (32, 32), "epochs": np.int64(1), "batch_size": 8, "seed": seed,
+        "preset": "mahmood2021", "n_train": 100, "n_val": 20, "n_test": np.int32(40),
+    }
+    return {"run": run, **result}
+
+
+# ---------------------------------------------------------------------------- compute_metrics
+
+def test_binary_metrics_match_hand_computation():
+    metrics = ev.compute_metrics(BINARY_TRUE, BINARY_PROB, BINARY)
+    assert list(metrics) == list(ev.METRIC_NAMES)
+    assert metrics["accuracy"] == pytest.approx(0.8)
+    assert metrics["precision"] == pytest.approx(0.75)
+    assert metrics["recall"] == pytest.approx(0.75)
+    assert metrics["specificity"] == pytest.approx(5 / 6)
+    assert metrics["f1"] == pytest.approx(0.75)
+    assert metrics["roc_auc"] == pytest.approx(22 / 24)
+
+
+def test_three_class_metrics_match_hand_computation_and_sklearn():
+    metrics = ev.compute_metrics(THREE_TRUE, THREE_PROB, THREE)
+    assert metrics["accuracy"] == pytest.approx(4 / 6)
+    assert metrics["precision"] == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
+    assert metrics["recall"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
+    assert metrics["specificity"] == pytest.approx((3 / 4 + 3 / 4 + 1) / 3)
+    assert metrics["f1"] == pytest.approx((1 / 2 + 4 / 5 + 2 / 3) / 3)
+    assert metrics["roc_auc"] == pytest.approx((7 / 8 + 1 + 1) / 3)
+    assert metrics["roc_auc"] == pytest.approx(roc_auc_score(THREE_TRUE, THREE_PROB, multi_class="ovr"))
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 5])
+def test_metrics_agree_with_sklearn_including_tied_scores(n_classes):
+    rng = np.random.default_rng(n_classes)
+    y = rng.integers(0, n_classes, 120)
+    prob = np.round(rng.random((120, n_classes)), 1) + 0.01  # many ties
+    prob /= prob.sum(axis=1, keepdims=True)
+    names = [f"class{c}" for c in range(n_classes)]
+    metrics = ev.compute_metrics(y, prob, names)
+    pred = prob.argmax(axis=1)
+    average = "binary" if n_classes == 2 else "macro"
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert metrics["precision"] == pytest.approx(precision_score(y, pred, average=average))
+    assert metrics["recall"] == pytest.approx(recall_score(y, pred, average=average))
+    assert metrics["f1"] == pytest.approx(f1_score(y, pred, average=average))
+    expected_auc = (
+        roc_auc_score(y, prob[:, 1]) if n_classes == 2
+        else np.mean([roc_auc_score(y == c, prob[:, c]) for c in range(n_classes)])
+    )
+    assert metrics["roc_auc"] == pytest.approx(expected_auc)
+
+
+def test_one_dimensional_probability_is_the_positive_class():
+    assert ev.compute_metrics(BINARY_TRUE, BINARY_P1, BINARY) == ev.compute_metrics(BINARY_TRUE, BINARY_PROB, BINARY)
+
+
+def test_undefined_metrics_are_nan_not_a_crash():
+    only_malignant = ev.compute_metrics(np.ones(4, dtype=int), BINARY_PROB[:4], BINARY)
+    assert math.isnan(only_malignant["roc_auc"])
+    assert math.isnan(only_malignant["specificity"])
+    assert only_malignant["recall"] == pytest.approx(0.75)
+    never_positive = ev.compute_metrics(np.array([0, 1, 0, 1]), np.full((4, 2), [0.9, 0.1]), BINARY)
+    assert math.isnan(never_positive["precision"])
+    assert never_positive["f1"] == 0.0 and never_positive["recall"] == 0.0
+    absent_class = ev.compute_metrics(np.array([0, 1, 0, 1]), THREE_PROB[:4], THREE)
+    assert math.isnan(absent_class["roc_auc"])
+
+
+@pytest.mark.parametrize(
+    "y_true, y_prob, names, message",
+    [
+        (np.array([0, 1]), np.ones((3, 2)) / 2, BINARY, "2 cases"),
+        (np.array([0, 2]), np.ones((2, 2)) / 2, BINARY, "outside"),
+        (np.array([0, 1]), np.ones((2, 3)) / 3, BINARY, "3 columns"),
+        (np.array([0.5, 1.0]), np.ones((2, 2)) / 2, BINARY, "integer"),
+        (np.array([0, 1]), np.array([[0.5, np.nan], [0.5, 0.5]]), BINARY, "NaN"),
+        (np.array([0, 1]), np.ones((2, 2)) / 2, ["only"], "two classes"),
+        (np.eye(2, dtype=int), np.ones((2, 2)) / 2, BINARY, "argmax"),
+        (np.array([], dtype=int), np.ones((0, 2)), BINARY, "empty"),
+    ],
+)
+def test_bad_input_is_a_clear_error(y_true, y_prob, names, message):
+    with pytest.raises(ValueError, match=message):
+        ev.compute_metrics(y_true, y_prob, names)
+
+
+# ---------------------------------------------------------------------------- bootstrap_ci
+
+def test_bootstrap_interval_contains_estimate_and_is_reproducible():
+    y, prob = noisy_binary(200, seed=0)
+    point = ev.compute_metrics(y, prob, BINARY)
+    started = time.perf_counter()
+    ci = ev.bootstrap_ci(y, prob, BINARY, n_boot=1000, seed=7)
+    assert time.perf_counter() - started < 2.0
+    for name in ev.METRIC_NAMES:
+        low, high = ci[name]
+        assert low < point[name] < high, name
+    assert ev.bootstrap_ci(y, prob, BINARY, n_boot=1000, seed=7) == ci
+    assert ev.bootstrap_ci(y, prob, BINARY, n_boot=1000, seed=8) != ci
+
+
+def test_bootstrap_interval_narrows_with_more_cases():
+    small = ev.bootstrap_ci(*noisy_binary(50, seed=1), BINARY, n_boot=400, seed=0)
+    large = ev.bootstrap_ci(*noisy_binary(800, seed=1), BINARY, n_boot=400, seed=0)
+    for name in ev.METRIC_NAMES:
+        assert large[name][1] - large[name][0] < 0.6 * (small[name][1] - small[name][0]), name
+    wide = ev.bootstrap_ci(*noisy_binary(200, seed=1), BINARY, n_boot=400, seed=0, level=0.95)
+    narrow = ev.bootstrap_ci(*noisy_binary(200, seed=1), BINARY, n_boot=400, seed=0, level=0.5)
+    assert narrow["accuracy"][1] - narrow["accuracy"][0] < wide["accuracy"][1] - wide["accuracy"][0]
+
+
+def test_bootstrap_equals_resampling_by_hand():
+    y, prob = noisy_binary(30, seed=2)
+    prob = np.round(prob, 1)  # ties in the scores
+    n_boot, seed = 60, 5
+    draws = np.random.default_rng(seed).integers(0, y.size, size=(n_boot, y.size))
+    by_hand = {name: [] for name in ev.METRIC_NAMES}
+    for rows in draws:
+        yy, pp = y[rows], prob[rows]
+        pred = pp.argmax(axis=1)
+        by_hand["accuracy"].append(accuracy_score(yy, pred))
+        by_hand["f1"].append(f1_score(yy, pred))
+        by_hand["roc_auc"].append(roc_auc_score(yy, pp[:, 1]) if 0 < yy.sum() < yy.size else np.nan)
+    ci = ev.bootstrap_ci(y, prob, BINARY, n_boot=n_boot, seed=seed)
+    for name in ("accuracy", "f1", "roc_auc"):
+        values = np.array(by_hand[name])
+        expected = np.percentile(values[~np.isnan(values)], [2.5, 97.5])
+        assert ci[name] == pytest.approx(tuple(expected)), name
+
+
+def test_bootstrap_of_undefined_metric_is_nan_and_zero_resamples_allowed():
+    ci = ev.bootstrap_ci(np.ones(5, dtype=int), np.full((5, 2), 0.5), BINARY, n_boot=20)
+    assert all(math.isnan(v) for v in ci["roc_auc"])
+    assert not math.isnan(ci["accuracy"][0])
+    assert all(math.isnan(v) for v in ev.bootstrap_ci(BINARY_TRUE, BINARY_PROB, BINARY, n_boot=0)["f1"])
+    with pytest.raises(ValueError, match="level"):
+        ev.bootstrap_ci(BINARY_TRUE, BINARY_PROB, BINARY, level=1.5)
+    with pytest.raises(ValueError, match="n_boot"):
+        ev.bootstrap_ci(BINARY_TRUE, BINARY_PROB, BINARY, n_boot=-1)
+
+
+# ---------------------------------------------------------------------------- patients and evaluate
+
+def test_aggregate_by_patient_means_probabilities_and_takes_highest_class():
+    y = np.array([0, 1, 0, 0, 1, 1])
+    prob = np.array([[0.8, 0.2], [0.4, 0.6], [0.9, 0.1], [0.7, 0.3], [0.2, 0.8], [0.4, 0.6]])
+    ids = ["p2", "p2", "p1", "p1", "p3", "p3"]
+    patient_true, patient_prob, patients = ev.aggregate_by_patient(y, prob, ids)
+    assert patients == ["p1", "p2", "p3"]
+    assert patient_true.tolist() == [0, 1, 1]
+    np.testing.assert_allclose(patient_prob, [[0.8, 0.2], [0.6, 0.4], [0.3, 0.7]])
+    with pytest.raises(ValueError, match="length"):
+        ev.aggregate_by_patient(y, prob, ids[:-1])
+    with pytest.raises(ValueError, match="missing"):
+        ev.aggregate_by_patient(y, prob, ["p1", None, "p1", "p2", "p3", "p3"])
+
+
+def test_evaluate_has_image_and_patient_levels():
+    y, prob = noisy_binary(40, seed=4)
+    patients = [f"P{i % 20}" for i in range(40)]
+    result = ev.evaluate(y, prob, BINARY, patient_ids=patients, n_boot=100, seed=1)
+    image = result["image_level"]
+    assert image["n"] == 40 and image["class_names"] == BINARY
+    assert np.sum(image["confusion_matrix"]) == 40
+    point = ev.compute_metrics(y, prob, BINARY)
+    for name in ev.METRIC_NAMES:
+        assert set(image[name]) == {"value", "ci_low", "ci_high"}
+        assert image[name]["value"] == point[name]
+        assert image[name]["ci_low"] <= image[name]["ci_high"]
+    patient = result["patient_level"]
+    patient_true, patient_prob, _ = ev.aggregate_by_patient(y, prob, patients)
+    assert patient["n"] == 20
+    assert patient["accuracy"]["value"] == ev.compute_metrics(patient_true, patient_prob, BINARY)["accuracy"]
+    assert result["bootstrap"] == {"n_boot": 100, "seed": 1, "level": 0.95}
+    assert ev.evaluate(y, prob, BINARY, n_boot=10)["patient_level"] is None
+    again = ev.evaluate(y, prob, BINARY, patient_ids=patients, n_boot=100, seed=1)
+    assert json.dumps(again) == json.dumps(result)  # NaN-safe comparison
+
+
+def test_confusion_matrix_rows_are_true_classes():
+    cm = ev.evaluate(THREE_TRUE, THREE_PROB, THREE, n_boot=0)["image_level"]["confusion_matrix"]
+    assert cm == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+
+
+# ---------------------------------------------------------------------------- figures
+
+def history_frame() -> pd.DataFrame:
+    return pd.DataFrame({
+        "epoch": [0, 1, 2], "loss": [0.9, 0.6, 0.4], "accuracy": [0.5, 0.7, 0.8],
+        "val_loss": [1.0, 0.8, 0.7], "val_accuracy": [0.5, 0.6, 0.65],
+    })
+
+
+def test_figures_have_expected_axes_and_stay_out_of_pyplot():
+    open_before = plt.get_fignums()
+    cm_fig = ev.plot_confusion_matrix(THREE_TRUE, THREE_PROB.argmax(axis=1), THREE, normalise=True)
+    roc_binary = ev.plot_roc(BINARY_TRUE, BINARY_PROB, BINARY, title="ROC")
+    roc_three = ev.plot_roc(THREE_TRUE, THREE_PROB, THREE)
+    history = ev.plot_history(history_frame(), title="VGG16")
+    assert all(isinstance(f, Figure) for f in (cm_fig, roc_binary, roc_three, history))
+    assert len(cm_fig.axes) == 2  # heatmap and colour bar
+    assert len(roc_binary.axes) == 1 and len(history.axes) == 2
+    assert len(roc_binary.axes[0].lines) == 2  # the curve and the chance line
+    assert len(roc_three.axes[0].lines) == 4
+    legend = [t.get_text() for t in roc_binary.axes[0].get_legend().get_texts()]
+    assert legend[0] == "malignant (AUC = 0.917)"
+    assert [ax.get_title() for ax in history.axes] == ["Loss", "Accuracy"]
+    assert all(len(ax.lines) == 2 for ax in history.axes)
+    assert plt.get_fignums() == open_before
+
+
+def test_plot_history_needs_loss():
+    with pytest.raises(ValueError, match="loss"):
+        ev.plot_history(pd.DataFrame({"accuracy": [0.5]}))
+
+
+def test_save_figure_writes_identical_png_bytes(tmp_path):
+    first = ev.save_figure(ev.plot_roc(BINARY_TRUE, BINARY_PROB, BINARY), tmp_path / "a" / "roc.png")
+    second = ev.save_figure(ev.plot_roc(BINARY_TRUE, BINARY_PROB, BINARY), tmp_path / "b" / "roc.png")
+    assert first == tmp_path / "a" / "roc.png"
+    data = first.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    assert data == second.read_bytes()
+    other = ev.save_figure(ev.plot_roc(BINARY_TRUE, BINARY_PROB, BINARY, title="x"), tmp_path / "c.png")
+    assert other.read_bytes() != data
+
+
+def test_save_figure_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "out" / "fig.png"
+    target.parent.mkdir()
+    target.write_bytes(b"previous")
+    with pytest.raises(ValueError, match="dpi"):
+        ev.save_figure(ev.plot_history(history_frame()), target, dpi=0)
+    with pytest.raises(ValueError, match="PNG"):
+        ev.save_figure(ev.plot_history(history_frame()), target.with_suffix(".jpg"))
+
+    fig = ev.plot_history(history_frame())
+
+    def failing_savefig(path, **kwargs):
+        Path(path).write_bytes(b"\x89PNG half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fig, "savefig", failing_savefig)
+    with pytest.raises(OSError, match="disk full"):
+        ev.save_figure(fig, target)
+    assert target.read_bytes() == b"previous"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["fig.png"]
+
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("file")
+    with pytest.raises(OSError):
+        ev.save_figure(ev.plot_history(history_frame()), blocker / "fig.png")
+    assert blocker.read_text() == "file"
+
+
+# ---------------------------------------------------------------------------- metrics.json
+
+def test_metrics_json_round_trip_and_plain_types(tmp_path):
+    record = make_record()
+    path = ev.write_metrics_json(tmp_path / "run" / "metrics.json", record)
+    text = path.read_text(encoding="utf-8")
+    assert text.endswith("}\n") and '"schema_version": 1' in text
+    assert json.loads(text) == json.loads(json.dumps(json.loads(text), sort_keys=True))
+    assert list(json.loads(text)) == sorted(json.loads(text))
+    loaded = ev.read_metrics_json(path)
+    assert loaded["schema_version"] == ev.METRICS_SCHEMA_VERSION
+    assert loaded["run"]["epochs"] == 1 and type(loaded["run"]["n_test"]) is int
+    assert loaded["run"]["image_size"] == [32, 32] and loaded["run"]["weights"] is None
+    for level in ("image_level", "patient_level"):
+        for name in ev.METRIC_NAMES:
+            for key in ("value", "ci_low", "ci_high"):
+                expected = record[level][name][key]
+                stored = loaded[level][name][key]
+                assert stored == (None if math.isnan(expected) else round(expected, 6)), (level, name, key)
+    assert loaded["patient_level"]["n"] == 20
+    assert loaded["bootstrap"]["n_boot"] == 50
+
+
+def test_metrics_json_is_byte_identical_for_identical_runs(tmp_path):
+    first = ev.write_metrics_json(tmp_path / "a.json", make_record(seed=0)).read_bytes()
+    second = ev.write_metrics_json(tmp_path / "b.json", make_record(seed=0)).read_bytes()
+    assert first == second
+    assert ev.write_metrics_json(tmp_path / "c.json", make_record(seed=1)).read_bytes() != first
+
+
+def test_metrics_json_numpy_values_nan_and_rounding(tmp_path):
+    record = make_record()
+    record["image_level"]["roc_auc"] = {"value": np.float32("nan"), "ci_low": math.nan, "ci_high": np.nan}
+    record["image_level"]["accuracy"]["value"] = np.float64(0.1234567891)
+    record["image_level"]["confusion_matrix"] = np.array([[3, 1], [2, 4]], dtype=np.int64)
+    record["run"]["flags"] = {"augment": np.bool_(True), "sizes": np.array([0.5, 0.25])}
+    path = ev.write_metrics_json(tmp_path / "metrics.json", record)
+    text = path.read_text(encoding="utf-8")
+    assert "NaN" not in text
+    loaded = ev.read_metrics_json(path)
+    assert loaded["image_level"]["roc_auc"] == {"value": None, "ci_low": None, "ci_high": None}
+    assert loaded["image_level"]["accuracy"]["value"] == 0.123457
+    assert loaded["image_level"]["confusion_matrix"] == [[3, 1], [2, 4]]
+    assert loaded["run"]["flags"] == {"augment": True, "sizes": [0.5, 0.25]}
+
+
+def test_invalid_record_writes_nothing(tmp_path):
+    path = tmp_path / "metrics.json"
+    record = make_record()
+    del record["run"]["seed"]
+    del record["image_level"]["f1"]
+    with pytest.raises(ValueError, match=r"run\.seed.*image_level\.f1"):
+        ev.write_metrics_json(path, record)
+    with pytest.raises(ValueError, match="image_level"):
+        ev.write_metrics_json(path, {"run": make_record()["run"]})
+    timed = make_record()
+    timed["run"]["fit_seconds"] = 12.5
+    with pytest.raises(ValueError, match="timings"):
+        ev.write_metrics_json(path, timed)
+    strange = make_record()
+    strange["run"]["model"] = object()
+    with pytest.raises(ValueError, match="object"):
+        ev.write_metrics_json(path, strange)
+    assert not path.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_of_bad_file_names_the_file(tmp_path):
+    good = json.loads(ev.write_metrics_json(tmp_path / "good.json", make_record()).read_text())
+    cases = {
+        "broken.json": "{not json",
+        "list.json": "[1, 2]",
+        "unversioned.json": json.dumps({k: v for k, v in good.items() if k != "schema_version"}),
+        "newer.json": json.dumps({**good, "schema_version": ev.METRICS_SCHEMA_VERSION + 1}),
+        "incomplete.json": json.dumps({k: v for k, v in good.items() if k != "image_level"}),
+    }
+    for name, text in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+            ev.read_metrics_json(path)
+    with pytest.raises(ValueError, match="newer"):
+        ev.read_metrics_json(tmp_path / "newer.json")

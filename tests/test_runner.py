@@ -1,0 +1,55 @@
+"""The runner on tiny notebooks: failures and time-outs are reported and do not stop the others."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from helpers import reporting, runner
+from helpers.plan import PlannedRun
+
+
+def _notebook(path: Path, source: str) -> Path:
+    params = nbformat.v4.new_code_cell("RUN_DIR = None")
+    params.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(source)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def _run(tmp_path: Path, name: str, source: str, timeout: int = 120) -> PlannedRun:
+    notebook = _notebook(tmp_path / f"{name}.ipynb", source)
+    run_dir = tmp_path / "reports" / "smoke" / name
+    return PlannedRun(name=name, notebook=notebook, run_dir=run_dir,
+                      parameters={"RUN_DIR": str(run_dir)}, timeout_s=timeout, after_all=False)
+
+
+def test_a_failing_notebook_is_reported_with_its_error(tmp_path):
+    source = ("from pathlib import Path\n(Path(RUN_DIR) / 'metrics.json').write_text('{}')\n"
+              "raise ValueError('the data folder is empty')")
+    outcome = runner.execute(_run(tmp_path, "broken", source), fingerprint="x", echo=lambda line: None)
+    assert outcome.status == "failed"
+    assert "the data folder is empty" in outcome.message
+    status = json.loads((outcome.run_dir / "run.json").read_text())
+    assert status["status"] == "failed" and "the data folder is empty" in status["message"]
+    assert not (outcome.run_dir / "metrics.json").exists(), "a failed run must not leave metrics behind"
+    assert (outcome.run_dir / "broken.ipynb").exists(), "the executed notebook shows where it failed"
+    assert "ValueError" in (outcome.run_dir / "log.txt").read_text()
+
+
+def test_a_notebook_past_its_time_limit_is_stopped(tmp_path):
+    outcome = runner.execute(_run(tmp_path, "slow", "import time\ntime.sleep(120)", timeout=8),
+                             fingerprint="x", echo=lambda line: None)
+    assert outcome.status == "timeout"
+    assert outcome.seconds < 60
+    assert "time limit" in outcome.message
+
+
+def test_report_lists_failed_runs(tmp_path):
+    runner.execute(_run(tmp_path, "broken", "raise RuntimeError('boom')"), fingerprint="x", echo=lambda line: None)
+    index = reporting.build_report(tmp_path / "reports" / "smoke", profile="smoke")
+    text = (index.parent / "index.md").read_text()
+    assert "broken" in text and "failed" in text and "boom" in text
+    assert not list(index.parent.glob("*.part")), "no partial files left behind"

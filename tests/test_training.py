@@ -1,0 +1,257 @@
+"""Tests of helpers.training: determinism, checkpoints, history, optimisers, weights."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers.models import build_classifier
+from helpers.training import (
+    OPTIMISERS,
+    ShuffledBatches,
+    class_weights,
+    compile_classifier,
+    predict_proba,
+    set_determinism,
+    train,
+)
+
+SIZE = 32
+
+
+def bright_dark(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A learnable toy problem: class 1 images are bright, class 0 dark (plus noise)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    level = np.where(y == 1, 0.6, -0.6)[:, None, None, None]
+    x = level + rng.normal(0, 0.3, (n, SIZE, SIZE, 3))
+    return x.astype("float32"), y.astype("int64")
+
+
+def tiny_model(seed: int = 0) -> keras.Model:
+    """A small CNN (fast to trace and train) for testing ``train`` itself."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.2, seed=seed)(x)
+    outputs = keras.layers.Dense(2, activation="softmax")(x)
+    return compile_classifier(keras.Model(inputs, outputs, name="tiny"), learning_rate=5e-2)
+
+
+def run_once(run_dir: Path, seed: int = 3, epochs: int = 3, make_model=tiny_model, **options):
+    x_train, y_train = bright_dark(24, seed=1)
+    x_val, y_val = bright_dark(12, seed=2)
+    model = make_model()
+    history = train(model, x_train, y_train, x_val, y_val, epochs=epochs, batch_size=8,
+                    run_dir=run_dir, seed=seed, verbose=0, **options)
+    return model, history, predict_proba(model, x_val)
+
+
+CROSS_PROCESS_SCRIPT = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {tests_dir!r})
+import numpy as np
+from test_training import run_once
+model, history, proba = run_once(Path({run_dir!r}))
+history.to_csv({history_out!r}, index=False)
+np.save({proba_out!r}, proba)
+"""
+
+
+def test_training_is_deterministic_learns_and_writes_outputs(tmp_path):
+    model, first, proba_first = run_once(tmp_path / "a")
+    _, second, proba_second = run_once(tmp_path / "b")
+
+    pd.testing.assert_frame_equal(first, second)
+    np.testing.assert_array_equal(proba_first, proba_second)
+    assert proba_first.dtype == np.float64 and proba_first.shape == (12, 2)
+    assert list(first.columns) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr"]
+    assert first["epoch"].tolist() == [1, 2, 3]
+    assert first["lr"].iloc[0] == pytest.approx(5e-2)
+    assert first["val_accuracy"].iloc[-1] >= 0.9  # bright vs dark is easy
+
+    for run in ("a", "b"):
+        assert sorted(p.name for p in (tmp_path / run).iterdir()) == ["best.keras", "history.csv"]
+    on_disk = pd.read_csv(tmp_path / "a" / "history.csv")
+    np.testing.assert_allclose(on_disk.to_numpy(), first.to_numpy())
+
+    # the model ends with the best (lowest val_loss) epoch's weights, as saved
+    best = keras.saving.load_model(tmp_path / "a" / "best.keras")
+    x_val, y_val = bright_dark(12, seed=2)
+    np.testing.assert_allclose(predict_proba(best, x_val), proba_first, rtol=1e-6)
+    loss_now = model.evaluate(x_val, y_val, batch_size=8, verbose=0, return_dict=True)["loss"]
+    assert loss_now == pytest.approx(first["val_loss"].min(), rel=1e-4)
+
+
+def test_best_epoch_is_restored_not_last(tmp_path):
+    """Validation labels flipped: val_loss worsens as the model learns; epoch 1 is best."""
+    x_train, y_train = bright_dark(24, seed=1)
+    x_val, y_val = bright_dark(12, seed=2)
+    model = tiny_model()
+    history = train(model, x_train, y_train, x_val, 1 - y_val, epochs=3, batch_size=8,
+                    run_dir=tmp_path, seed=0, verbose=0)
+    assert history["val_loss"].idxmin() == 0 and history["val_loss"].iloc[-1] > history[
+        "val_loss"].iloc[0]
+    loss_now = model.evaluate(x_val, 1 - y_val, batch_size=8, verbose=0, return_dict=True)["loss"]
+    assert loss_now == pytest.approx(history["val_loss"].iloc[0], rel=1e-4)
+
+
+def test_training_is_deterministic_across_processes(tmp_path):
+    _, history_here, proba_here = run_once(tmp_path / "here")
+    script = CROSS_PROCESS_SCRIPT.format(
+        tests_dir=str(Path(__file__).parent), run_dir=str(tmp_path / "there"),
+        history_out=str(tmp_path / "history.csv"), proba_out=str(tmp_path / "proba.npy"))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "proba.npy"), proba_here)
+    np.testing.assert_array_equal(pd.read_csv(tmp_path / "history.csv").to_numpy(),
+                                  pd.read_csv(tmp_path / "here" / "history.csv").to_numpy())
+
+
+def test_paper000_classifier_trains_head_only_with_frozen_base(tmp_path):
+    def classifier():
+        model = build_classifier("vgg16", input_shape=(SIZE, SIZE, 3), freeze="base", seed=0)
+        return compile_classifier(model, learning_rate=1e-3)
+
+    model, history, proba = run_once(tmp_path, epochs=1, make_model=classifier)
+    assert len(history) == 1 and np.isfinite(proba).all()
+    fresh = classifier()
+    for a, b in zip(model.get_layer("vgg16").get_weights(), fresh.get_layer("vgg16").get_weights()):
+        np.testing.assert_array_equal(a, b)  # freeze="base": the backbone did not move
+    assert not np.array_equal(model.get_layer("paper000_fc1").get_weights()[0],
+                              fresh.get_layer("paper000_fc1").get_weights()[0])
+
+
+def test_seed_and_class_weight_change_the_run(tmp_path):
+    _, history, _ = run_once(tmp_path / "a", seed=3, epochs=1)
+    _, other_seed, _ = run_once(tmp_path / "b", seed=4, epochs=1)
+    _, weighted, _ = run_once(tmp_path / "c", seed=3, epochs=1, class_weight={0: 1.0, 1: 3.0})
+    assert history["loss"].iloc[0] != other_seed["loss"].iloc[0]
+    assert history["loss"].iloc[0] != weighted["loss"].iloc[0]
+
+
+def test_early_stopping_stops(tmp_path):
+    x, y = bright_dark(16, seed=1)
+    model = compile_classifier(tiny_model(), learning_rate=0.0)  # never improves
+    history = train(model, x, y, x, y, epochs=6, batch_size=8, run_dir=tmp_path, seed=0,
+                    early_stopping_patience=1, verbose=0)
+    assert len(history) < 6
+
+
+def test_augmentation_applies_to_training_batches_only(tmp_path):
+    calls = []
+
+    class Record(keras.layers.Layer):
+        def call(self, x, training=None):
+            calls.append((tuple(x.shape), training))
+            return x
+
+    x, y = bright_dark(16, seed=1)
+    model = tiny_model()
+    train(model, x, y, x[:4], y[:4], epochs=1, batch_size=8, run_dir=tmp_path, seed=0,
+          augmentation=Record(), verbose=0)
+    assert calls and all(shape[0] == 8 and training is True for shape, training in calls)
+
+
+def test_shuffled_batches_are_seeded_per_epoch():
+    x = np.arange(10, dtype="float32").reshape(10, 1)
+    y = np.arange(10) % 2
+    batches = ShuffledBatches(x, y, batch_size=4, epochs=2, seed=5)
+    assert batches.steps == 3 and batches.num_batches == 6
+    epoch0 = np.concatenate([batches[i][0][:, 0] for i in range(3)])
+    epoch1 = np.concatenate([batches[i][0][:, 0] for i in range(3, 6)])
+    assert sorted(epoch0) == sorted(epoch1) == list(range(10))
+    assert not np.array_equal(epoch0, epoch1)
+    again = ShuffledBatches(x, y, batch_size=4, epochs=2, seed=5)
+    np.testing.assert_array_equal(again[4][0], batches[4][0])  # random access, same order
+
+
+def test_failed_training_leaves_run_dir_clean(tmp_path):
+    x, y = bright_dark(8, seed=1)
+
+    class Explode(keras.layers.Layer):
+        def call(self, x, training=None):
+            raise RuntimeError("augmentation broke")
+
+    model = tiny_model()
+    with pytest.raises(Exception, match="augmentation broke"):
+        train(model, x, y, x, y, epochs=1, batch_size=4, run_dir=tmp_path, seed=0,
+              augmentation=Explode(), verbose=0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_inputs_raise(tmp_path):
+    x, y = bright_dark(8, seed=1)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
+    with pytest.raises(ValueError, match="compile"):
+        train(model, x, y, x, y, epochs=1, batch_size=4, run_dir=tmp_path, seed=0)
+    compile_classifier(model)
+    with pytest.raises(ValueError, match="y_train"):
+        train(model, x, y[:5], x, y, epochs=1, batch_size=4, run_dir=tmp_path, seed=0)
+    with pytest.raises(ValueError, match="class index 2"):
+        train(model, x, y, x, y + 1, epochs=1, batch_size=4, run_dir=tmp_path, seed=0)
+    with pytest.raises(ValueError, match="integer"):
+        train(model, x, y + 0.5, x, y, epochs=1, batch_size=4, run_dir=tmp_path, seed=0)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMISERS))
+def test_compile_with_each_optimiser(name):
+    model = tiny_model()
+    compile_classifier(model, optimiser=name, learning_rate=0.01, weight_decay=1e-4,
+                       momentum=0.8)
+    optimiser = model.optimizer
+    assert float(keras.ops.convert_to_numpy(optimiser.learning_rate)) == pytest.approx(0.01)
+    assert optimiser.weight_decay == pytest.approx(1e-4)
+    expected = {"adam": keras.optimizers.Adam, "sgdm": keras.optimizers.SGD,
+                "rmsprop": keras.optimizers.RMSprop}[name]
+    assert type(optimiser) is expected
+    if name == "sgdm":
+        assert optimiser.momentum == pytest.approx(0.8)
+    if name == "adam":
+        assert optimiser.beta_1 == pytest.approx(0.8)
+    x, y = bright_dark(4, seed=0)
+    assert np.isfinite(model.train_on_batch(x, y, return_dict=True)["loss"])
+
+
+def test_unknown_optimiser_lists_names():
+    model = tiny_model()
+    with pytest.raises(KeyError, match="sgdm"):
+        compile_classifier(model, optimiser="adadelta9")
+
+
+def test_class_weights_balanced_like_sklearn():
+    weights = class_weights(np.array([0, 0, 0, 1]))
+    assert weights == pytest.approx({0: 4 / 6, 1: 2.0})
+    assert all(isinstance(k, int) for k in weights)
+    with pytest.raises(ValueError):
+        class_weights(np.array([], dtype=int))
+    with pytest.raises(ValueError):
+        class_weights(np.array([0, -1]))
+
+
+def test_predict_proba_handles_sigmoid_output():
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(inputs))
+    proba = predict_proba(model, np.zeros((5, 3), dtype="float32"))
+    assert proba.shape == (5, 2) and proba.dtype == np.float64
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+
+
+def test_set_determinism_reseeds_numpy():
+    set_determinism(11)
+    first = np.random.rand(3)
+    set_determinism(11)
+    np.testing.assert_array_equal(first, np.random.rand(3))

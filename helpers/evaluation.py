@@ -41,6 +41,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_curve
 
+from helpers.figures import new_figure
+
 from helpers.paths import atomic_path, write_text_atomic
 
 METRICS_SCHEMA_VERSION: int = 1
@@ -302,13 +304,6 @@ def evaluate(
 # Figures
 # --------------------------------------------------------------------------------------------
 
-def _new_figure(**kwargs: Any) -> Figure:
-    """A figure that shows in a notebook when returned, but is not kept open by pyplot."""
-    fig = plt.figure(layout="constrained", **kwargs)
-    plt.close(fig)
-    return fig
-
-
 def plot_confusion_matrix(
     y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str], *, title: str = "", normalise: bool = False
 ) -> Figure:
@@ -326,7 +321,7 @@ def plot_confusion_matrix(
         style = {"fmt": ".2f", "vmin": 0.0, "vmax": 1.0}
     else:
         data, style = counts, {"fmt": "d"}
-    fig = _new_figure(figsize=(2.5 + 1.1 * n_classes, 2.0 + 1.0 * n_classes))
+    fig = new_figure(figsize=(2.5 + 1.1 * n_classes, 2.0 + 1.0 * n_classes))
     ax = fig.add_subplot()
     sns.heatmap(data, annot=True, cmap="Blues", square=True, xticklabels=names, yticklabels=names, ax=ax, **style)
     ax.set_xlabel("Predicted class")
@@ -338,7 +333,7 @@ def plot_confusion_matrix(
 def plot_roc(y_true: np.ndarray, y_prob: np.ndarray, class_names: Sequence[str], *, title: str = "") -> Figure:
     """ROC curve of the positive class (binary) or one-vs-rest curve per class, AUC in the legend."""
     labels, prob, names = _check_inputs(y_true, y_prob, class_names)
-    fig = _new_figure(figsize=(5.0, 4.5))
+    fig = new_figure(figsize=(5.0, 4.5))
     ax = fig.add_subplot()
     classes = [1] if len(names) == 2 else list(range(len(names)))
     for c in classes:
@@ -373,7 +368,7 @@ def plot_history(history: pd.DataFrame, *, title: str = "") -> Figure:
         raise ValueError(f"history needs a 'loss' column and at least one epoch, got columns {list(frame.columns)}")
     epochs = frame["epoch"].to_numpy() + 1 if "epoch" in frame.columns else np.arange(1, len(frame) + 1)
     accuracy = next((column for column in ACCURACY_COLUMNS if column in frame.columns), None)
-    fig = _new_figure(figsize=(9.0, 3.5))
+    fig = new_figure(figsize=(9.0, 3.5))
     loss_ax, accuracy_ax = fig.subplots(1, 2)
     for ax, column, panel in ((loss_ax, "loss", "Loss"), (accuracy_ax, accuracy, "Accuracy")):
         ax.set_title(panel)

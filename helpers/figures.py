@@ -4,8 +4,20 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+
+
+def new_figure(**kwargs) -> Figure:
+    """A figure that shows in a notebook when returned, but is not kept open by pyplot.
+
+    Creating it through pyplot activates the notebook's inline backend (so the figure renders
+    as an image); closing it at once keeps scripts and long runs from piling up open figures.
+    """
+    fig = plt.figure(layout="constrained", **kwargs)
+    plt.close(fig)
+    return fig
 
 
 def _show(ax, image: np.ndarray, title: str = "") -> None:
@@ -25,14 +37,13 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None
     """A grid of images (grey or RGB) with optional titles."""
     count = len(images)
     nrows = max(1, int(np.ceil(count / ncols)))
-    fig = Figure(figsize=(size * ncols, size * nrows))
+    fig = new_figure(figsize=(size * ncols, size * nrows))
     axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
     for i, ax in enumerate(axes):
         if i < count:
             _show(ax, images[i], titles[i] if titles else "")
         else:
             ax.axis("off")
-    fig.tight_layout()
     return fig
 
 
@@ -44,9 +55,8 @@ def steps_figure(steps: Sequence[tuple[str, np.ndarray]], *, ncols: int = 4) -> 
 
 def mask_overlay(image: np.ndarray, mask: np.ndarray, *, title: str = "") -> Figure:
     """An image with a mask's outline drawn over it."""
-    fig = Figure(figsize=(4, 4))
+    fig = new_figure(figsize=(4, 4))
     ax = fig.subplots()
     _show(ax, image, title)
     ax.contour(np.asarray(mask, dtype=float), levels=[0.5], colors="red", linewidths=1)
-    fig.tight_layout()
     return fig

@@ -689,7 +689,7 @@ def prepare_arrays(manifest: pd.DataFrame, preset: str | Preset, *, image_size: 
         if cached is not None:
             return cached
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     images: list[np.ndarray] = []
     kept: list[int] = []

@@ -67,6 +67,11 @@ def _ci(cell: dict[str, Any]) -> str:
     return "" if low is None or high is None else f"[{low:.3f}, {high:.3f}]"
 
 
+def _text(value: Any) -> str:
+    """A table cell as text; missing values (None, NaN) as an empty string."""
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
+
+
 def _fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "n/a"
@@ -91,7 +96,7 @@ def comparison_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
             rows.append({
                 "backbone": run["backbone"], "source": f"paper {paper['study']} ({paper['slug']}, {paper['source']})",
                 "dataset": paper["dataset"], "classifier": paper["classifier"],
-                "setting": f"{paper['optimiser'] or ''} {paper['split'] or ''}".strip(),
+                "setting": " ".join(_text(paper[key]) for key in ("optimiser", "split")).strip(),
                 "accuracy": paper["accuracy"], "recall": paper["recall"], "f1": paper["f1"], "roc_auc": paper["auc"],
             })
     return pd.DataFrame(rows, columns=["backbone", "source", "dataset", "classifier", "setting",
@@ -101,9 +106,10 @@ def comparison_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
 def plot_comparison(table: pd.DataFrame, *, title: str = ""):
     """Bar chart of accuracy per backbone: ours beside each paper's."""
     import seaborn as sns
-    from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 3.5))
+    from helpers.figures import new_figure
+
+    fig = new_figure(figsize=(8, 3.5))
     ax = fig.subplots()
     data = table.dropna(subset=["accuracy"]).assign(
         who=lambda t: t["source"].str.split(" \\(").str[0])
@@ -112,7 +118,6 @@ def plot_comparison(table: pd.DataFrame, *, title: str = ""):
         ax.legend(fontsize=8, loc="lower right")
     ax.set_ylim(0, 1)
     ax.set_title(title or "Accuracy: ours vs. the papers' (theirs on their data)")
-    fig.tight_layout()
     return fig
 
 

@@ -76,7 +76,8 @@ def _pump(stream: TextIO, log: TextIO, echo: Callable[[str], None]) -> None:
         log.write(line)
         log.flush()
         if _PROGRESS.search(line):
-            echo(line.rstrip())
+            cell = _CELL.search(line)
+            echo(f"cell {cell.group(1)}" if cell else line.rstrip())
 
 
 def _failure_reason(log_path: Path) -> str:

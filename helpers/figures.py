@@ -32,12 +32,15 @@ def _show(ax, image: np.ndarray, title: str = "") -> None:
     ax.axis("off")
 
 
+IMAGE_DPI = 72  # galleries are for looking, not printing: keeps notebooks light
+
+
 def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, *, ncols: int = 4,
-               size: float = 2.2) -> Figure:
+               size: float = 2.0) -> Figure:
     """A grid of images (grey or RGB) with optional titles."""
     count = len(images)
     nrows = max(1, int(np.ceil(count / ncols)))
-    fig = new_figure(figsize=(size * ncols, size * nrows))
+    fig = new_figure(figsize=(size * ncols, size * nrows), dpi=IMAGE_DPI)
     axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
     for i, ax in enumerate(axes):
         if i < count:
@@ -55,7 +58,7 @@ def steps_figure(steps: Sequence[tuple[str, np.ndarray]], *, ncols: int = 4) -> 
 
 def mask_overlay(image: np.ndarray, mask: np.ndarray, *, title: str = "") -> Figure:
     """An image with a mask's outline drawn over it."""
-    fig = new_figure(figsize=(4, 4))
+    fig = new_figure(figsize=(4, 4), dpi=IMAGE_DPI)
     ax = fig.subplots()
     _show(ax, image, title)
     ax.contour(np.asarray(mask, dtype=float), levels=[0.5], colors="red", linewidths=1)

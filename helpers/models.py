@@ -15,6 +15,7 @@ file saved from the same backbone.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -327,3 +328,9 @@ def build_classifier(backbone: str, *, head: str = "paper000",
     features = base(inputs)  # batch-norm mode follows the trainable flags (see _apply_freeze)
     outputs = head_fn(features, num_classes=num_classes, seed=seed)
     return keras.Model(inputs, outputs, name=f"{backbone}_{head}")
+
+
+def parameter_summary(model: keras.Model) -> str:
+    """``"parameters: 4,100,674 (trainable 4,066,562)"``: total and trainable weight counts."""
+    trainable = sum(math.prod(weight.shape) for weight in model.trainable_weights)
+    return f"parameters: {model.count_params():,} (trainable {trainable:,})"

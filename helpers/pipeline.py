@@ -163,3 +163,15 @@ def metrics_table(results: dict[str, Any]) -> pd.DataFrame:
 
 def settings_fingerprint(settings: RunSettings) -> str:
     return hashlib.sha256(json.dumps(settings.as_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def provenance(settings: RunSettings) -> str:
+    """One line naming the data, weights and profile behind a figure or table."""
+    from helpers.models import describe_weights
+
+    return f"{settings.dataset} data · {settings.profile} profile · weights: {describe_weights(settings.weights)}"
+
+
+def figure_title(settings: RunSettings, what: str) -> str:
+    """A figure title that says what is shown and which data, weights and profile produced it."""
+    return f"{settings.backbone}: {what}\n{provenance(settings)}"

@@ -103,6 +103,14 @@ def comparison_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
                                        "accuracy", "recall", "f1", "roc_auc"])
 
 
+def comparison_title(entries: list[dict[str, Any]], profile: str) -> str:
+    """Title for the comparison figure: which data, weights and profile our bars come from."""
+    ours = results_table(entries)
+    datasets = ", ".join(sorted(set(ours["dataset"]))) if not ours.empty else "no runs"
+    weights = ", ".join(sorted(set(ours["weights"]))) if not ours.empty else ""
+    return f"Accuracy: ours ({datasets} data, {profile} profile, {weights}) vs. the papers' (their data)"
+
+
 def plot_comparison(table: pd.DataFrame, *, title: str = ""):
     """Bar chart of accuracy per backbone: ours beside each paper's."""
     import seaborn as sns
@@ -117,7 +125,7 @@ def plot_comparison(table: pd.DataFrame, *, title: str = ""):
         sns.barplot(data=data, x="backbone", y="accuracy", hue="who", ax=ax, errorbar=None)
         ax.legend(fontsize=8, loc="lower right")
     ax.set_ylim(0, 1)
-    ax.set_title(title or "Accuracy: ours vs. the papers' (theirs on their data)")
+    ax.set_title(title or "Accuracy: ours vs. the papers' (theirs on their data)", fontsize=9)
     return fig
 
 
@@ -164,7 +172,8 @@ def build_report(folder: Path | str, *, profile: str) -> Path:
     patients = patients[[c for c in patients.columns if not c.endswith("_ci")]] if not patients.empty else patients
     compare = comparison_table(entries)
     if not compare.empty:
-        evaluation.save_figure(plot_comparison(compare), folder / "comparison.png")
+        evaluation.save_figure(plot_comparison(compare, title=comparison_title(entries, profile)),
+                               folder / "comparison.png")
     scaled = settings.get("scaled_down") or []
     intro = [
         f"Profile **{profile}**: {' '.join(str(settings.get('description', '')).split())}",

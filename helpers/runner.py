@@ -173,7 +173,11 @@ def run_plan(
 
 
 def clean_notebook_metadata(path: Path) -> None:
-    """Drop papermill's timing metadata so a refreshed notebook differs only where outputs do."""
+    """Drop papermill's timing metadata so a refreshed notebook differs only where outputs do.
+
+    (TensorFlow's C++ start-up lines in stderr outputs stay: nbval compares them with their
+    timestamps masked, see tests/nbval_sanitize.cfg.)
+    """
     import nbformat
 
     notebook = nbformat.read(path, as_version=4)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -149,8 +150,15 @@ def load_split(path: Path | str, manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def manifest_fingerprint(manifest: pd.DataFrame) -> str:
-    """A short hash of the (image, patient, label) rows, to tell whether a saved split still fits."""
-    rows = sorted(zip(manifest["image_path"], manifest["patient_id"], manifest[_class_column(manifest)]))
+    """A short hash of the (image, patient, class) rows, to tell whether a saved split still fits.
+
+    Image paths enter relative to the folder they share, so the same dataset in another place
+    (a fresh cache, another machine) has the same fingerprint.
+    """
+    image_paths = [str(p) for p in manifest["image_path"]]
+    root = os.path.commonpath(image_paths) if len(image_paths) > 1 else os.path.dirname(image_paths[0]) if image_paths else ""
+    relative = [os.path.relpath(p, root) if root else p for p in image_paths]
+    rows = sorted(zip(relative, manifest["patient_id"], manifest[_class_column(manifest)]))
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 

@@ -114,3 +114,11 @@ def test_split_summary_counts():
     table = splits.split_summary(result)
     assert table["patients"].sum() == 30
     assert table[["benign", "malignant", "normal"]].to_numpy().sum() == 60
+
+
+def test_fingerprint_does_not_depend_on_where_the_dataset_lies():
+    here = make_manifest(6)
+    there = here.assign(image_path=here["image_path"].str.replace("/img/", "/elsewhere/data/", regex=False))
+    assert splits.manifest_fingerprint(here) == splits.manifest_fingerprint(there)
+    relabelled = here.assign(label=here["label"].replace({"benign": "malignant"}))
+    assert splits.manifest_fingerprint(here) != splits.manifest_fingerprint(relabelled)

@@ -181,38 +181,30 @@ def build_report(folder: Path | str, *, profile: str) -> Path:
         "Numbers under *ours* were produced by this project on the data, weights and profile named in "
         "each row; numbers under *paper* are quoted from the publications, measured on their data.",
     ]
-    figures = [(e["name"], [f for f in FIGURES if (e["dir"] / f).exists()]) for e in entries]
-    md = [f"# Study report: profile `{profile}`\n", *(line + "\n" for line in intro),
-          "\n## Runs\n", _markdown_table(_status_table(entries)),
-          "\n## Our results (image level, test split)\n", _markdown_table(ours_shown),
-          "\n95 % bootstrap confidence intervals:\n\n", _markdown_table(with_ci),
-          "\n## Our results (patient level)\n", _markdown_table(patients),
-          "\n## Ours beside the papers' (same backbone)\n", _markdown_table(compare)]
-    if (folder / "comparison.png").exists():
-        md.append("\n![comparison](comparison.png)\n")
-    md.append("\n## Figures\n")
-    for name, files in figures:
-        if files:
-            md.append(f"\n### {name}\n\n" + " ".join(f"![{f}]({name}/{f})" for f in files) + "\n")
+    sections = [
+        ("Runs", _status_table(entries)),
+        ("Our results (image level, test split)", ours_shown),
+        ("95 % bootstrap confidence intervals (image level)", with_ci),
+        ("Our results (patient level)", patients),
+        ("Ours beside the papers' (same backbone)", compare),
+    ]
+    figures = [("comparison", ["comparison.png"])] if (folder / "comparison.png").exists() else []
+    figures += [(e["name"], [f"{e['name']}/{f}" for f in FIGURES if (e["dir"] / f).exists()]) for e in entries]
+    figures = [(name, files) for name, files in figures if files]
+    md = [f"# Study report: profile `{profile}`\n\n", *(line + "\n\n" for line in intro)]
+    md += [f"## {heading}\n\n{_markdown_table(table)}\n" for heading, table in sections]
+    md += ["## Figures\n"] + [f"\n### {name}\n\n" + " ".join(f"![{f}]({f})" for f in files) + "\n"
+                              for name, files in figures]
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}"
              "td,th{border:1px solid #ccc;padding:3px 6px}th{background:#eee}img{max-width:32%}")
     page = [f"<!doctype html><html><head><meta charset='utf-8'><title>Study report: {html.escape(profile)}</title>"
             f"<style>{style}</style></head><body>",
             f"<h1>Study report: profile <code>{html.escape(profile)}</code></h1>",
-            *(f"<p>{html.escape(line).replace('**', '')}</p>" for line in intro),
-            "<h2>Runs</h2>", _html_table(_status_table(entries)),
-            "<h2>Our results (image level, test split)</h2>", _html_table(ours_shown),
-            "<p>95 % bootstrap confidence intervals:</p>", _html_table(with_ci),
-            "<h2>Our results (patient level)</h2>", _html_table(patients),
-            "<h2>Ours beside the papers' (same backbone)</h2>", _html_table(compare)]
-    if (folder / "comparison.png").exists():
-        page.append("<img src='comparison.png' alt='comparison' style='max-width:100%'>")
-    page.append("<h2>Figures</h2>")
-    for name, files in figures:
-        if files:
-            page.append(f"<h3>{html.escape(name)}</h3>" + "".join(
-                f"<img src='{html.escape(name)}/{f}' alt='{f}'>" for f in files))
+            *(f"<p>{html.escape(line).replace('**', '')}</p>" for line in intro)]
+    page += [f"<h2>{html.escape(heading)}</h2>{_html_table(table)}" for heading, table in sections]
+    page += ["<h2>Figures</h2>"] + [f"<h3>{html.escape(name)}</h3>" + "".join(
+        f"<img src='{html.escape(f)}' alt='{html.escape(f)}'>" for f in files) for name, files in figures]
     page.append("</body></html>\n")
     paths.write_text_atomic(folder / "index.md", "".join(md))
     return paths.write_text_atomic(folder / "index.html", "\n".join(page))

@@ -326,7 +326,7 @@ def plot_confusion_matrix(
     sns.heatmap(data, annot=True, cmap="Blues", square=True, xticklabels=names, yticklabels=names, ax=ax, **style)
     ax.set_xlabel("Predicted class")
     ax.set_ylabel("True class")
-    ax.set_title(title or ("Confusion matrix (row fractions)" if normalise else "Confusion matrix"))
+    ax.set_title(title or ("Confusion matrix (row fractions)" if normalise else "Confusion matrix"), fontsize=10)
     return fig
 
 
@@ -350,7 +350,7 @@ def plot_roc(y_true: np.ndarray, y_prob: np.ndarray, class_names: Sequence[str],
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("False positive rate (1 - specificity)")
     ax.set_ylabel("True positive rate (sensitivity)")
-    ax.set_title(title or "ROC curve")
+    ax.set_title(title or "ROC curve", fontsize=10)
     ax.legend(loc="lower right", fontsize="small")
     return fig
 
@@ -382,7 +382,7 @@ def plot_history(history: pd.DataFrame, *, title: str = "") -> Figure:
             ax.plot(epochs, frame[f"val_{column}"].to_numpy(), marker="o", label="validation")
         ax.legend()
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=10)
     return fig
 
 

@@ -6,8 +6,6 @@ models, training, evaluation), so that notebook cells stay one line each.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +39,7 @@ def load_manifest(settings: RunSettings) -> pd.DataFrame:
     return datasets.select_task(manifest, settings.task)
 
 
-def class_names_for(manifest: pd.DataFrame, task: str) -> list[str]:
+def class_names_for(manifest: pd.DataFrame) -> list[str]:
     """Class names in index order, from least to most severe (the positive class is last)."""
     order = ["normal", "abnormal", "benign", "malignant"]
     present = set(manifest["target"])
@@ -71,7 +69,7 @@ def prepare_data(settings: RunSettings, *, progress: bool = True, on_error: str 
     )
     kept = prepared.manifest.reset_index(drop=True)
     splits.check_no_leakage(kept)
-    class_names = class_names_for(kept, settings.task)
+    class_names = class_names_for(kept)
     index = {name: i for i, name in enumerate(class_names)}
     x, y, patients = {}, {}, {}
     for split in splits.SPLITS:
@@ -161,10 +159,6 @@ def metrics_table(results: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["level", "metric"]).round(3)
 
 
-def settings_fingerprint(settings: RunSettings) -> str:
-    return hashlib.sha256(json.dumps(settings.as_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def provenance(settings: RunSettings) -> str:
     """One line naming the data, weights and profile behind a figure or table."""
     from helpers.models import describe_weights
@@ -174,4 +168,7 @@ def provenance(settings: RunSettings) -> str:
 
 def figure_title(settings: RunSettings, what: str) -> str:
     """A figure title that says what is shown and which data, weights and profile produced it."""
-    return f"{settings.backbone}: {what}\n{provenance(settings)}"
+    from helpers.models import describe_weights
+
+    return (f"{settings.backbone}: {what}\n{settings.dataset} data, {settings.profile} profile\n"
+            f"weights: {describe_weights(settings.weights)}")

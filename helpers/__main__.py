@@ -20,6 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     refresh.add_argument("notebooks", nargs="*", help="notebook files (default: all in notebooks/)")
     args = parser.parse_args(argv)
 
+    try:
+        return _dispatch(args)
+    except (KeyError, ValueError) as error:  # unknown profile or run, unreadable plan
+        print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from helpers import plan, runner
 

@@ -26,7 +26,7 @@ from typing import Callable, TextIO
 import yaml
 
 from helpers import paths
-from helpers.plan import PlannedRun, load_plan, planned_runs
+from helpers.plan import PlannedRun, get_profile, load_plan, planned_runs
 
 RUN_FILE = "run.json"
 LOG_FILE = "log.txt"
@@ -127,8 +127,7 @@ def execute(run: PlannedRun, *, fingerprint: str, echo: Callable[[str], None] = 
         status, message = "failed", _failure_reason(log_path)
     if status != "ok":
         # a failed run must not leave metrics that the report would take for real results
-        for name in ("metrics.json",):
-            (run_dir / name).unlink(missing_ok=True)
+        (run_dir / "metrics.json").unlink(missing_ok=True)
     record = {"name": run.name, "status": status, "message": message, "seconds": round(seconds, 1),
               "fingerprint": fingerprint, "notebook": run.notebook.name, "parameters": run.parameters}
     paths.write_text_atomic(run_dir / RUN_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
@@ -148,7 +147,7 @@ def run_plan(
     from helpers import reporting
 
     plan = load_plan()
-    profile_settings = plan.profiles[profile] if profile in plan.profiles else None
+    profile_settings = get_profile(profile, plan)
     runs = planned_runs(profile, only=only, dataset=dataset, data_dir=data_dir, plan=plan)
     ordered = [r for r in runs if not r.after_all] + [r for r in runs if r.after_all]
     outcomes: list[RunOutcome] = []

@@ -1,4 +1,5 @@
-"""Command line: ``python -m helpers run --profile {smoke,cpu,paper} [--only RUN ...]``."""
+"""Command line: ``python -m helpers run --profile {smoke,cpu,paper} [--only RUN ...]``;
+``python -m helpers data {list,download,verify} NAME --to DIR``."""
 
 from __future__ import annotations
 
@@ -14,10 +15,21 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs of the plan")
     run.add_argument("--dataset", help="dataset registry name, e.g. synthetic or cbis-sample")
     run.add_argument("--data-dir", help="folder of the dataset on disk")
+    run.add_argument("--suite", default="study",
+                     help="which set of runs of the plan: study (default) or e.g. real-data")
+    run.add_argument("--skip-bad", action="store_true",
+                     help="leave unreadable or unlabelled files out (listed in the report) instead of failing")
     run.add_argument("--force", action="store_true", help="rerun runs whose inputs have not changed")
     run.add_argument("--dry-run", action="store_true", help="list the planned runs and their parameters")
     refresh = commands.add_parser("refresh-notebooks", help="re-execute the committed notebooks (smoke) to refresh their stored outputs")
     refresh.add_argument("notebooks", nargs="*", help="notebook files (default: all in notebooks/)")
+    data = commands.add_parser("data", help="download or verify a dataset (list: which ones and where from)")
+    data.add_argument("action", choices=("download", "verify", "list"))
+    data.add_argument("name", nargs="?", help="dataset: mias, breakhis, cbis-ddsm, inbreast, mini-ddsm")
+    data.add_argument("--to", help="dataset folder (created if needed)")
+    data.add_argument("--sha256", help="pin the archive's SHA-256 (download)")
+    data.add_argument("--url", help="download from this address instead (a mirror)")
+    data.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
     try:
@@ -32,13 +44,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         from helpers import plan, runner
 
         if args.dry_run:
-            for item in plan.planned_runs(args.profile, only=args.only, dataset=args.dataset, data_dir=args.data_dir):
+            for item in plan.planned_runs(args.profile, only=args.only, dataset=args.dataset,
+                                          data_dir=args.data_dir, suite=args.suite,
+                                          skip_bad=args.skip_bad):
                 print(f"{item.name}: {item.notebook.name} -> {item.run_dir} (limit {item.timeout_s} s)")
                 for key, value in item.parameters.items():
                     print(f"    {key} = {value!r}")
+                resolved = plan.settings_for_run(item)
+                if resolved is not None:
+                    print("    resolved: " + ", ".join(f"{key}={value}" for key, value in resolved.as_dict().items()
+                                                   if key not in ("profile", "scaled_down", "data_dir")))
             return 0
         outcomes, index = runner.run_plan(
-            args.profile, only=args.only, dataset=args.dataset, data_dir=args.data_dir, force=args.force
+            args.profile, only=args.only, dataset=args.dataset, data_dir=args.data_dir,
+            suite=args.suite, skip_bad=args.skip_bad, force=args.force
         )
         failed = [o for o in outcomes if o.status in ("failed", "timeout")]
         print(f"\n{len(outcomes) - len(failed)} of {len(outcomes)} runs ok; report: {index}")
@@ -50,6 +69,28 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         runner.refresh_notebooks(args.notebooks or None)
         return 0
+    if args.command == "data":
+        from helpers import downloads
+
+        if args.action == "list":
+            print("\n".join(downloads.list_sources()))
+            return 0
+        if not args.name or not args.to:
+            raise ValueError(f"data {args.action} needs a dataset NAME and --to DIR")
+        source = downloads.get_source(args.name)
+        try:
+            if args.action == "verify":
+                report = downloads.verify(args.name, args.to)
+                print(report)
+                return 0 if report.ok else 1
+            if source.url is None and not args.url:
+                print(downloads.manual_instructions(args.name, args.to))
+                return 0
+            downloads.download(args.name, args.to, url=args.url, sha256=args.sha256, progress=not args.no_progress)
+            return 0
+        except OSError as error:  # disk full, permissions: same short form as the other errors
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     return 2
 
 

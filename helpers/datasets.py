@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from helpers import phantoms
+from helpers.adapters import AdapterResult
 from helpers.paths import atomic_path, cache_dir, write_text_atomic
 
 MANIFEST_COLUMNS: tuple[str, ...] = ("image_path", "label", "patient_id", "dataset", "view",
@@ -321,16 +322,61 @@ def cbis_sample(root: str | Path | None = None) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- registry
 
-DATASETS: dict[str, Callable[..., pd.DataFrame]] = {
+def _adapter(module: str, function: str) -> Callable[..., "AdapterResult"]:
+    """A registry entry that imports ``helpers.adapters.<module>`` only when first called."""
+
+    def load_adapter(root: str | Path | None = None, **options) -> "AdapterResult":
+        from importlib import import_module
+
+        return getattr(import_module(f"helpers.adapters.{module}"), function)(root, **options)
+
+    load_adapter.__name__ = function
+    load_adapter.__doc__ = f"See :func:`helpers.adapters.{module}.{function}`."
+    return load_adapter
+
+
+DATASETS: dict[str, Callable[..., pd.DataFrame | AdapterResult]] = {
     "synthetic": synthetic,
     "cbis-sample": cbis_sample,
+    "mias": _adapter("mias", "load_mias"),
+    "cbis-ddsm": _adapter("cbis_ddsm", "load_cbis_ddsm"),
+    "mini-ddsm": _adapter("mini_ddsm", "load_mini_ddsm"),
+    "inbreast": _adapter("inbreast", "load_inbreast"),
+    "breakhis": _adapter("breakhis", "load_breakhis"),
 }
+"""Dataset name -> adapter. The papers' datasets live in :mod:`helpers.adapters`."""
+
+EMBEDDED_DATASETS: tuple[str, ...] = ("synthetic", "cbis-sample")
+"""Datasets that need no download (generated, or shipped in a Python package)."""
+
+
+def load_with_exclusions(name: str, root: str | Path | None = None,
+                         **options) -> AdapterResult:
+    """The validated manifest of dataset ``name`` and what its adapter deliberately left out.
+
+    ``options`` go to the adapter (e.g. ``skip_bad=True`` to list bad files instead of failing).
+    """
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; known datasets: {sorted(DATASETS)}")
+    if root is None and name not in EMBEDDED_DATASETS:
+        raise FileNotFoundError(f"dataset {name!r} is not embedded: give its folder (DATA_DIR in a "
+                                f"notebook, --data-dir on the command line); data/README.md says "
+                                f"how to obtain it, and `python -m helpers data download {name} "
+                                f"--to DIR` fetches it where a direct download exists")
+    result = DATASETS[name](root, **options)
+    if isinstance(result, pd.DataFrame):
+        result = AdapterResult(result, [])
+    where = root if root is not None else "default location"
+    manifest = validate_manifest(result.manifest, source=f"dataset {name!r} ({where})")
+    return AdapterResult(manifest, list(result.excluded))
 
 
 def load(name: str, root: str | Path | None = None, **options) -> pd.DataFrame:
-    """The validated manifest of dataset ``name`` (a key of ``DATASETS``) found in ``root``."""
-    if name not in DATASETS:
-        raise KeyError(f"unknown dataset {name!r}; known datasets: {sorted(DATASETS)}")
-    manifest = DATASETS[name](root, **options)
-    where = root if root is not None else "default location"
-    return validate_manifest(manifest, source=f"dataset {name!r} ({where})")
+    """The validated manifest of dataset ``name`` (a key of ``DATASETS``) found in ``root``.
+
+    What the adapter left out is in ``manifest.attrs["excluded"]`` (list of (item, reason));
+    :func:`load_with_exclusions` returns it explicitly.
+    """
+    result = load_with_exclusions(name, root, **options)
+    result.manifest.attrs["excluded"] = result.excluded
+    return result.manifest

@@ -63,3 +63,40 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray, *, title: str = "") -> Fig
     _show(ax, image, title)
     ax.contour(np.asarray(mask, dtype=float), levels=[0.5], colors="red", linewidths=1)
     return fig
+
+
+def _show_in_range(ax, image: np.ndarray, low: float, high: float, title: str = "") -> None:
+    """Like ``_show`` but with a fixed display range, so brightness changes stay visible."""
+    image = np.asarray(image, dtype=np.float32)
+    scaled = np.clip((image - low) / (high - low), 0.0, 1.0) if high > low else np.zeros_like(image)
+    first = scaled if scaled.ndim == 2 else scaled[..., 0]
+    colour = scaled.ndim == 3 and scaled.shape[-1] == 3 and not (
+        np.array_equal(first, scaled[..., 1]) and np.array_equal(first, scaled[..., 2]))
+    if colour:
+        ax.imshow(scaled)
+    else:
+        ax.imshow(first, cmap="gray", vmin=0.0, vmax=1.0)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def augmentation_grid(rows: dict[str, np.ndarray], *, title: str = "", size: float = 1.0) -> Figure:
+    """One row per source: its original image first, then its augmented versions.
+
+    ``rows`` maps a row label to an array ``(K, H, W, C)`` whose first image is the original (as
+    :func:`helpers.augmentation.variants` returns). Each row is shown in its original's value
+    range, so brightness and contrast changes are visible.
+    """
+    ncols = max(len(images) for images in rows.values())
+    fig = new_figure(figsize=(size * ncols, size * len(rows) + (0.3 if title else 0)), dpi=IMAGE_DPI)
+    axes = np.atleast_2d(fig.subplots(len(rows), ncols))
+    for r, (label, images) in enumerate(rows.items()):
+        low, high = float(np.min(images[0])), float(np.max(images[0]))
+        for c, ax in enumerate(axes[r]):
+            if c < len(images):
+                _show_in_range(ax, images[c], low, high, f"{label}: original" if c == 0 else f"#{c}")
+            else:
+                ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig

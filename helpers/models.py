@@ -1,16 +1,23 @@
 """Backbones, classification heads and ``build_classifier``.
 
-One registry of ImageNet backbones from ``keras.applications`` (``BACKBONES``) and one of
-classification heads named after the paper they reproduce (``HEADS``). A classifier is
-``input -> backbone (nested model named after its registry key) -> head -> softmax``.
+One registry of backbones (``BACKBONES``): the ImageNet networks of ``keras.applications`` and
+the three Keras lacks, written here with plain Keras layers (AlexNet, SqueezeNet 1.1, GoogLeNet);
+and one registry of classification heads named after the paper they reproduce (``HEADS``). A
+classifier is ``input -> backbone (nested model named after its registry key) -> head``.
 
 Inputs are expected *already preprocessed* with ``BACKBONES[name].preprocess_input``; the
 preprocessing is not baked into the model so that saved models stay plain Keras layers.
 
 Weights are always a parameter: ``None`` (random start), ``"imagenet"`` (Keras' own cache,
 ``$KERAS_HOME/models`` or ``~/.keras/models``; a missing file offline raises
-:class:`WeightsUnavailableError` saying how to fix it) or a path to a ``.h5``/``.weights.h5``
-file saved from the same backbone.
+:class:`WeightsUnavailableError` saying how to fix it; AlexNet and GoogLeNet have no ImageNet
+weights for Keras at all) or a path to a ``.h5``/``.weights.h5`` file saved from the same
+backbone.
+
+Output contract: every classifier outputs class probabilities, either ``num_classes`` softmax
+units or, for the heads of papers 002 and 004 on a two-class task, one sigmoid unit (the
+probability of class 1) in a layer named ``<head>_sigmoid``; ``helpers.training.predict_proba``
+turns the latter into two columns.
 """
 
 from __future__ import annotations
@@ -23,11 +30,16 @@ from pathlib import Path
 from typing import Callable
 
 import keras
+import numpy as np
 from keras import layers
+from keras.applications import imagenet_utils
 
 KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
+SQUEEZENET_WEIGHTS_URL = "https://github.com/rcmalli/keras-squeezenet/releases/download/v1.0/"
+SQUEEZENET_IMAGENET_FILE = "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5"
 DOWNLOAD_TIMEOUT_S = 20.0
 MOBILENETV2_SIZES = (96, 128, 160, 192, 224)
+IMAGENET_CLASSES = 1000
 
 # FC1/FC2 widths of the paper000 head. Mahmood et al. (2021) name the layers (GAP, BN, FC1,
 # FC2, dropout 0.5, softmax) but give no unit counts; 1024 and 512 ReLU units is our choice
@@ -38,9 +50,38 @@ PAPER000_FC_UNITS = (1024, 512)
 PAPER000_DROPOUT = 0.5
 PAPER000_BN_MOMENTUM = 0.9
 
+# Kumar et al. (2022), seed 002, the Keras code of each model: the layers after the pretrained
+# base, as ("dropout", rate) / ("dense", ReLU units), before the one-unit sigmoid output. How
+# the base is pooled is not shown; we use global average pooling. Backbones the report did not
+# use get the VGG16 stack (its first model).
+PAPER002_STACKS: dict[str, tuple[tuple[str, float], ...]] = {
+    "vgg": (("dropout", 0.4), ("dense", 384), ("dropout", 0.3), ("dense", 64), ("dropout", 0.2)),
+    "mobilenet": (("dropout", 0.4), ("dense", 256), ("dropout", 0.3), ("dense", 32),
+                  ("dropout", 0.2)),
+    "resnet": (("dropout", 0.4), ("dense", 256), ("dense", 32), ("dense", 32), ("dropout", 0.2)),
+}
+
+# Akhi et al. (seed 003): "fully connected layers with dropout and batch normalisation" then a
+# softmax over the classes; the widths and the rate are not stated: 512 and 256, 0.5 are ours.
+PAPER003_FC_UNITS = (512, 256)
+PAPER003_DROPOUT = 0.5
+
+# Abu Al-Haija and Manasra (2020), seed 004: FC 1024, 40% dropout, ReLU, one sigmoid unit.
+PAPER004_FC_UNITS = 1024
+PAPER004_DROPOUT = 0.4
+
+# Bokade et al. (2024) keep AlexNet's fc6/fc7 and replace fc8 (4096 ReLU units each, dropout
+# 0.5 before each, as in the ImageNet AlexNet); SqueezeNet's conv10 is replaced by a new 1x1 conv.
+ALEXNET_FC_UNITS = 4096
+ALEXNET_DROPOUT = 0.5
+SQUEEZENET_DROPOUT = 0.5
+GOOGLENET_DROPOUT = 0.2  # torchvision's GoogLeNet top (dropout 0.2 before the 1000-way FC)
+GOOGLENET_BN_EPSILON = 0.001  # torchvision's BasicConv2d
+GOOGLENET_BN_MOMENTUM = 0.9  # torch momentum 0.1 = Keras momentum 0.9
+
 
 class WeightsUnavailableError(RuntimeError):
-    """ImageNet weights are neither in Keras' cache nor downloadable (offline)."""
+    """ImageNet weights are neither in Keras' cache nor downloadable (offline), or none exist."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +96,192 @@ class Backbone:
     min_input_size: int
     imagenet_files: tuple[str, ...]
     weights_base_url: str = ""  # folder URL Keras downloads ``imagenet_files`` from
+    written_here: bool = False  # True for the networks of this module (not keras.applications)
+
+
+def torch_preprocess_input(x, data_format=None):
+    """ImageNet "torch" preprocessing: RGB scaled to [0, 1], minus mean, over std."""
+    return imagenet_utils.preprocess_input(x, data_format=data_format, mode="torch")
+
+
+def caffe_preprocess_input(x, data_format=None):
+    """ImageNet "caffe" preprocessing: RGB -> BGR, minus the ImageNet mean, not scaled."""
+    return imagenet_utils.preprocess_input(x, data_format=data_format, mode="caffe")
+
+
+# --------------------------------------------------------------------------------------------
+# The three networks Keras lacks. Same signature as keras.applications constructors.
+# --------------------------------------------------------------------------------------------
+
+
+def _inputs_for(input_shape: tuple[int, int, int] | None,
+                default: tuple[int, int]) -> keras.KerasTensor:
+    return keras.Input(shape=tuple(input_shape) if input_shape else (*default, 3), name="input")
+
+
+def _no_weights_argument(weights, name: str) -> None:
+    if weights is not None:
+        raise ValueError(f"{name}: the constructor builds random weights only; load weights with "
+                         f"helpers.models.build_backbone(weights=...)")
+
+
+def AlexNet(include_top: bool = False, weights: None = None,
+            input_shape: tuple[int, int, int] | None = None, classes: int = IMAGENET_CLASSES,
+            name: str = "alexnet") -> keras.Model:
+    """Single-stream AlexNet ("One weird trick", Krizhevsky 2014; torchvision's ``alexnet``).
+
+    conv 11x11/4 64 (zero padding 2) -> max pool 3/2 -> conv 5x5 192 -> pool -> conv 3x3 384
+    -> 3x3 256 -> 3x3 256 -> pool. At 224 or 227 px the features are 6x6x256. Top: dropout,
+    FC 4096, dropout, FC 4096, FC ``classes`` (softmax). With the 1000-class top it has
+    61,100,840 parameters, torchvision's count. This is *not* the two-stream network of
+    Krizhevsky et al. (2012: 96/256/384/384/256 kernels split over two GPUs, about 60M
+    parameters, local response normalisation), which no common library ships.
+    """
+    _no_weights_argument(weights, "AlexNet")
+    inputs = _inputs_for(input_shape, (227, 227))
+    x = layers.ZeroPadding2D(2, name="conv1_pad")(inputs)
+    x = layers.Conv2D(64, 11, strides=4, activation="relu", name="conv1")(x)
+    x = layers.MaxPooling2D(3, strides=2, name="pool1")(x)
+    x = layers.Conv2D(192, 5, padding="same", activation="relu", name="conv2")(x)
+    x = layers.MaxPooling2D(3, strides=2, name="pool2")(x)
+    x = layers.Conv2D(384, 3, padding="same", activation="relu", name="conv3")(x)
+    x = layers.Conv2D(256, 3, padding="same", activation="relu", name="conv4")(x)
+    x = layers.Conv2D(256, 3, padding="same", activation="relu", name="conv5")(x)
+    x = layers.MaxPooling2D(3, strides=2, name="pool5")(x)
+    if include_top:
+        x = layers.Flatten(name="flatten")(x)
+        x = _alexnet_fc(x, prefix="")
+        x = layers.Dense(classes, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def _alexnet_fc(x: keras.KerasTensor, *, prefix: str, seed: int | None = None) -> keras.KerasTensor:
+    """AlexNet's fc6/fc7: dropout, FC 4096 ReLU, dropout, FC 4096 ReLU."""
+    for index in (6, 7):
+        x = layers.Dropout(ALEXNET_DROPOUT, seed=seed, name=f"{prefix}drop{index}")(x)
+        x = layers.Dense(ALEXNET_FC_UNITS, activation="relu", name=f"{prefix}fc{index}")(x)
+    return x
+
+
+# SqueezeNet 1.1 fire modules: (name, squeeze filters, expand filters), pools after 3 and 5.
+SQUEEZENET_FIRES = ((2, 16, 64), (3, 16, 64), (4, 32, 128), (5, 32, 128),
+                    (6, 48, 192), (7, 48, 192), (8, 64, 256), (9, 64, 256))
+
+
+def _fire(x: keras.KerasTensor, index: int, squeeze: int, expand: int) -> keras.KerasTensor:
+    """Fire module: squeeze 1x1 -> (expand 1x1 | expand 3x3) concatenated, ReLU after each."""
+    prefix = f"fire{index}_"
+    x = layers.Conv2D(squeeze, 1, name=prefix + "squeeze1x1")(x)
+    x = layers.Activation("relu", name=prefix + "relu_squeeze1x1")(x)
+    left = layers.Conv2D(expand, 1, name=prefix + "expand1x1")(x)
+    left = layers.Activation("relu", name=prefix + "relu_expand1x1")(left)
+    right = layers.Conv2D(expand, 3, padding="same", name=prefix + "expand3x3")(x)
+    right = layers.Activation("relu", name=prefix + "relu_expand3x3")(right)
+    return layers.Concatenate(name=prefix + "concat")([left, right])
+
+
+def SqueezeNet(include_top: bool = False, weights: None = None,
+               input_shape: tuple[int, int, int] | None = None, classes: int = IMAGENET_CLASSES,
+               name: str = "squeezenet") -> keras.Model:
+    """SqueezeNet 1.1 (Iandola et al. 2016, the v1.1 of the authors' repository).
+
+    conv1 3x3/2 64 -> pool -> fire2, fire3 -> pool -> fire4, fire5 -> pool -> fire6..fire9; top:
+    dropout 0.5 (``drop9``), ``conv10`` 1x1 ``classes`` + ReLU, global average pooling, softmax.
+    With the 1000-class top: 1,235,496 parameters (torchvision's ``squeezenet1_1``). Layer names
+    are those of the Keras 2 port rcmalli/keras-squeezenet with "/" written "_" (Keras 3 forbids
+    "/" in names): ``fire2/squeeze1x1`` is ``fire2_squeeze1x1`` here.
+    """
+    _no_weights_argument(weights, "SqueezeNet")
+    inputs = _inputs_for(input_shape, (227, 227))
+    x = layers.Conv2D(64, 3, strides=2, name="conv1")(inputs)
+    x = layers.Activation("relu", name="relu_conv1")(x)
+    x = layers.MaxPooling2D(3, strides=2, name="pool1")(x)
+    for index, squeeze, expand in SQUEEZENET_FIRES:
+        x = _fire(x, index, squeeze, expand)
+        if index in (3, 5):
+            x = layers.MaxPooling2D(3, strides=2, name=f"pool{index}")(x)
+    if include_top:
+        x = layers.Dropout(SQUEEZENET_DROPOUT, name="drop9")(x)
+        x = layers.Conv2D(classes, 1, name="conv10")(x)
+        x = layers.Activation("relu", name="relu_conv10")(x)
+        x = layers.GlobalAveragePooling2D(name="pool10")(x)
+        x = layers.Activation("softmax", name="loss")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+# GoogLeNet inception modules (torchvision's numbers, Szegedy et al. 2014 Table 1): name,
+# #1x1, #3x3 reduce, #3x3, "#5x5 reduce", "#5x5", pool proj.
+GOOGLENET_INCEPTIONS = (
+    ("3a", 64, 96, 128, 16, 32, 32), ("3b", 128, 128, 192, 32, 96, 64),
+    ("4a", 192, 96, 208, 16, 48, 64), ("4b", 160, 112, 224, 24, 64, 64),
+    ("4c", 128, 128, 256, 24, 64, 64), ("4d", 112, 144, 288, 32, 64, 64),
+    ("4e", 256, 160, 320, 32, 128, 128), ("5a", 256, 160, 320, 32, 128, 128),
+    ("5b", 384, 192, 384, 48, 128, 128),
+)
+
+
+def _conv_bn(x: keras.KerasTensor, filters: int, kernel: int, name: str,
+             strides: int = 1) -> keras.KerasTensor:
+    """torchvision's BasicConv2d: conv (no bias) -> batch norm (eps 0.001) -> ReLU."""
+    x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
+                      name=name + "_conv")(x)
+    x = layers.BatchNormalization(epsilon=GOOGLENET_BN_EPSILON, momentum=GOOGLENET_BN_MOMENTUM,
+                                  name=name + "_bn")(x)
+    return layers.Activation("relu", name=name + "_relu")(x)
+
+
+def _inception(x: keras.KerasTensor, key: str, ch1: int, ch3red: int, ch3: int, ch5red: int,
+               ch5: int, pool_proj: int) -> keras.KerasTensor:
+    prefix = f"inception{key}_"
+    branch1 = _conv_bn(x, ch1, 1, prefix + "branch1")
+    branch2 = _conv_bn(_conv_bn(x, ch3red, 1, prefix + "branch2_0"), ch3, 3, prefix + "branch2_1")
+    # torchvision uses a 3x3 convolution in the "5x5" branch (its documented deviation, kept for
+    # its weights); the 6,624,904 parameters count depends on it.
+    branch3 = _conv_bn(_conv_bn(x, ch5red, 1, prefix + "branch3_0"), ch5, 3, prefix + "branch3_1")
+    pooled = layers.MaxPooling2D(3, strides=1, padding="same", name=prefix + "branch4_pool")(x)
+    branch4 = _conv_bn(pooled, pool_proj, 1, prefix + "branch4_1")
+    return layers.Concatenate(name=prefix + "concat")([branch1, branch2, branch3, branch4])
+
+
+def GoogLeNet(include_top: bool = False, weights: None = None,
+              input_shape: tuple[int, int, int] | None = None, classes: int = IMAGENET_CLASSES,
+              name: str = "googlenet") -> keras.Model:
+    """GoogLeNet / Inception v1 (Szegedy et al. 2014) in torchvision's configuration.
+
+    Every convolution is followed by batch norm (eps 0.001) and ReLU; local response
+    normalisation is omitted (batch norm replaces it) and there are no auxiliary classifiers;
+    the "5x5" branch uses 3x3 kernels as torchvision does. Nine inception modules (3a, 3b,
+    4a-4e, 5a, 5b) with the paper's filter numbers. Top: global average pooling, dropout 0.2,
+    FC ``classes``: 6,624,904 learnable parameters with 1000 classes (torchvision's count; the
+    paper's original with LRN and 5x5 kernels has about 6.8M).
+    """
+    _no_weights_argument(weights, "GoogLeNet")
+    inputs = _inputs_for(input_shape, (224, 224))
+    x = layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
+    x = layers.Conv2D(64, 7, strides=2, use_bias=False, name="conv1_conv")(x)
+    x = layers.BatchNormalization(epsilon=GOOGLENET_BN_EPSILON, momentum=GOOGLENET_BN_MOMENTUM,
+                                  name="conv1_bn")(x)
+    x = layers.Activation("relu", name="conv1_relu")(x)
+    x = layers.MaxPooling2D(3, strides=2, padding="same", name="maxpool1")(x)
+    x = _conv_bn(x, 64, 1, "conv2")
+    x = _conv_bn(x, 192, 3, "conv3")
+    x = layers.MaxPooling2D(3, strides=2, padding="same", name="maxpool2")(x)
+    for spec in GOOGLENET_INCEPTIONS:
+        x = _inception(x, *spec)
+        if spec[0] == "3b":
+            x = layers.MaxPooling2D(3, strides=2, padding="same", name="maxpool3")(x)
+        elif spec[0] == "4e":
+            x = layers.MaxPooling2D(2, strides=2, padding="same", name="maxpool4")(x)
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avgpool")(x)
+        x = layers.Dropout(GOOGLENET_DROPOUT, name="dropout")(x)
+        x = layers.Dense(classes, activation="softmax", name="fc")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+# --------------------------------------------------------------------------------------------
+# The registry
+# --------------------------------------------------------------------------------------------
 
 
 def _mobilenetv2_file(rows: int) -> str:
@@ -116,23 +343,151 @@ BACKBONES: dict[str, Backbone] = {
         ("inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",),
         KERAS_WEIGHTS_URL + "inception_v3/",
     ),
+    # Minimum sizes of the three below are exact: the smallest input whose last pooling
+    # still gets a full window (AlexNet 63, SqueezeNet 31); GoogLeNet pools with "same"
+    # padding and works at any size, 32 is kept as for Keras' networks.
+    "alexnet": Backbone(
+        "alexnet", "AlexNet", AlexNet, torch_preprocess_input, (227, 227), 63, (), "",
+        written_here=True,
+    ),
+    "squeezenet": Backbone(
+        "squeezenet", "SqueezeNet 1.1", SqueezeNet, caffe_preprocess_input, (227, 227), 31,
+        (SQUEEZENET_IMAGENET_FILE,), SQUEEZENET_WEIGHTS_URL, written_here=True,
+    ),
+    "googlenet": Backbone(
+        "googlenet", "GoogLeNet", GoogLeNet, torch_preprocess_input, (224, 224), 32, (), "",
+        written_here=True,
+    ),
+}
+
+# Published parameter counts with the 1000-class ImageNet top, learnable weights only (batch-
+# norm moving statistics excluded, as torchvision counts). Sources: torchvision.models weights
+# documentation ("num_params" of AlexNet_Weights.IMAGENET1K_V1, SqueezeNet1_1_Weights.
+# IMAGENET1K_V1, GoogLeNet_Weights.IMAGENET1K_V1).
+PUBLISHED_PARAMETERS: dict[str, int] = {
+    "alexnet": 61_100_840,
+    "squeezenet": 1_235_496,
+    "googlenet": 6_624_904,
 }
 
 
-def paper000_head(features: keras.KerasTensor, *, num_classes: int,
-                  seed: int | None = None) -> keras.KerasTensor:
+# --------------------------------------------------------------------------------------------
+# Heads
+# --------------------------------------------------------------------------------------------
+
+# Output layers compute in float32 also under the mixed_float16 policy (Keras' mixed-precision
+# advice: a float16 softmax/sigmoid is numerically fragile); no change under float32.
+OUTPUT_DTYPE = "float32"
+
+
+def _output(x: keras.KerasTensor, head: str, num_classes: int) -> keras.KerasTensor:
+    return layers.Dense(num_classes, activation="softmax", dtype=OUTPUT_DTYPE,
+                        name=f"{head}_output")(x)
+
+
+def _sigmoid_or_softmax(x: keras.KerasTensor, head: str, num_classes: int) -> keras.KerasTensor:
+    """One sigmoid unit ``<head>_sigmoid`` for two classes; softmax ``<head>_output`` above."""
+    if num_classes == 2:
+        return layers.Dense(1, activation="sigmoid", dtype=OUTPUT_DTYPE, name=f"{head}_sigmoid")(x)
+    return _output(x, head, num_classes)
+
+
+def paper000_head(features: keras.KerasTensor, *, num_classes: int, seed: int | None = None,
+                  backbone: str = "") -> keras.KerasTensor:
     """Mahmood et al. (2021): GAP -> batch norm -> FC1 -> FC2 -> dropout 0.5 -> softmax."""
     x = layers.GlobalAveragePooling2D(name="paper000_gap")(features)
     x = layers.BatchNormalization(momentum=PAPER000_BN_MOMENTUM, name="paper000_bn")(x)
     for index, units in enumerate(PAPER000_FC_UNITS, start=1):
         x = layers.Dense(units, activation="relu", name=f"paper000_fc{index}")(x)
     x = layers.Dropout(PAPER000_DROPOUT, seed=seed, name="paper000_dropout")(x)
-    return layers.Dense(num_classes, activation="softmax", name="paper000_output")(x)
+    return layers.Dense(num_classes, activation="softmax", dtype=OUTPUT_DTYPE,
+                        name="paper000_output")(x)
+
+
+def paper001_head(features: keras.KerasTensor, *, num_classes: int, seed: int | None = None,
+                  backbone: str = "") -> keras.KerasTensor:
+    """Bokade et al. (2024): the network's own classifier with a new last layer.
+
+    AlexNet: flatten -> fc6, fc7 (dropout 0.5, 4096 ReLU each) -> new FC -> softmax.
+    SqueezeNet: dropout 0.5 -> new 1x1 conv with ``num_classes`` filters (conv10) -> ReLU ->
+    global average pooling -> softmax. Other backbones: GAP -> new FC -> softmax.
+    """
+    if backbone == "alexnet":
+        x = layers.Flatten(name="paper001_flatten")(features)
+        x = _alexnet_fc(x, prefix="paper001_", seed=seed)
+        return _output(x, "paper001", num_classes)
+    if backbone == "squeezenet":
+        x = layers.Dropout(SQUEEZENET_DROPOUT, seed=seed, name="paper001_drop9")(features)
+        x = layers.Conv2D(num_classes, 1, name="paper001_conv10")(x)
+        x = layers.Activation("relu", name="paper001_relu_conv10")(x)
+        x = layers.GlobalAveragePooling2D(name="paper001_pool10")(x)
+        return layers.Activation("softmax", dtype=OUTPUT_DTYPE, name="paper001_output")(x)
+    x = layers.GlobalAveragePooling2D(name="paper001_gap")(features)
+    return _output(x, "paper001", num_classes)
+
+
+def _paper002_stack(backbone: str) -> tuple[tuple[str, float], ...]:
+    for family in ("vgg", "mobilenet", "resnet"):
+        if backbone.startswith(family):
+            return PAPER002_STACKS[family]
+    return PAPER002_STACKS["vgg"]
+
+
+def paper002_head(features: keras.KerasTensor, *, num_classes: int, seed: int | None = None,
+                  backbone: str = "") -> keras.KerasTensor:
+    """Kumar et al. (2022): GAP -> the report's dropout/dense stack -> one sigmoid unit.
+
+    The stack depends on the backbone family (``PAPER002_STACKS``: VGG, MobileNet, ResNet; others
+    get VGG16's). More than two classes: a softmax layer replaces the sigmoid unit.
+    """
+    x = layers.GlobalAveragePooling2D(name="paper002_gap")(features)
+    dense = dropout = 0
+    for kind, value in _paper002_stack(backbone):
+        if kind == "dropout":
+            dropout += 1
+            x = layers.Dropout(value, seed=seed, name=f"paper002_dropout{dropout}")(x)
+        else:
+            dense += 1
+            x = layers.Dense(int(value), activation="relu", name=f"paper002_fc{dense}")(x)
+    return _sigmoid_or_softmax(x, "paper002", num_classes)
+
+
+def paper003_head(features: keras.KerasTensor, *, num_classes: int, seed: int | None = None,
+                  backbone: str = "") -> keras.KerasTensor:
+    """Akhi et al.: GAP -> (FC -> batch norm -> ReLU -> dropout) x2 -> softmax over the classes."""
+    x = layers.GlobalAveragePooling2D(name="paper003_gap")(features)
+    for index, units in enumerate(PAPER003_FC_UNITS, start=1):
+        x = layers.Dense(units, name=f"paper003_fc{index}")(x)
+        x = layers.BatchNormalization(momentum=PAPER000_BN_MOMENTUM, name=f"paper003_bn{index}")(x)
+        x = layers.Activation("relu", name=f"paper003_relu{index}")(x)
+        x = layers.Dropout(PAPER003_DROPOUT, seed=seed, name=f"paper003_dropout{index}")(x)
+    return _output(x, "paper003", num_classes)
+
+
+def paper004_head(features: keras.KerasTensor, *, num_classes: int, seed: int | None = None,
+                  backbone: str = "") -> keras.KerasTensor:
+    """Abu Al-Haija and Manasra (2020): GAP -> FC 1024 -> dropout 0.4 -> ReLU -> one sigmoid.
+
+    Trained with MSE (``helpers.training`` picks it from the head). More than two classes: a
+    softmax layer replaces the sigmoid unit.
+    """
+    x = layers.GlobalAveragePooling2D(name="paper004_gap")(features)
+    x = layers.Dense(PAPER004_FC_UNITS, name="paper004_fc")(x)
+    x = layers.Dropout(PAPER004_DROPOUT, seed=seed, name="paper004_dropout")(x)
+    x = layers.Activation("relu", name="paper004_relu")(x)
+    return _sigmoid_or_softmax(x, "paper004", num_classes)
 
 
 HEADS: dict[str, Callable[..., keras.KerasTensor]] = {
     "paper000": paper000_head,
+    "paper001": paper001_head,
+    "paper002": paper002_head,
+    "paper003": paper003_head,
+    "paper004": paper004_head,
 }
+
+# The loss each head's paper trained with, where it is not the cross-entropy matching the output.
+HEAD_LOSSES: dict[str, str] = {"paper004": "mse"}
 
 
 def _lookup(registry: dict, name: str, kind: str):
@@ -146,11 +501,15 @@ def get_backbone(name: str) -> Backbone:
     return _lookup(BACKBONES, name, "backbone")
 
 
-def describe_weights(weights: str | Path | None) -> str:
-    """Human-readable weights origin for reports."""
+def describe_weights(weights: str | Path | None, backbone: str | None = None) -> str:
+    """Human-readable weights origin for reports (``backbone`` makes "imagenet" more precise)."""
     if weights is None:
         return "random init (weights=None)"
     if str(weights) == "imagenet":
+        if backbone is not None and not get_backbone(backbone).imagenet_files:
+            return f"imagenet (unavailable: no Keras ImageNet weights exist for {backbone})"
+        if backbone == "squeezenet":
+            return "imagenet (rcmalli/keras-squeezenet port)"
         return "imagenet"
     return f"file: {Path(weights).name}"
 
@@ -166,6 +525,13 @@ def keras_models_dir() -> Path:
     return base / "models"
 
 
+def _no_imagenet_message(backbone: Backbone) -> str:
+    return (f"{backbone.display_name} has no ImageNet weights for Keras: neither "
+            f"keras.applications nor this project provides them, so weights='imagenet' cannot "
+            f"work for it. Fix: use weights=None (random start), or pass the path of a "
+            f".weights.h5 file saved from this backbone (model.save_weights).")
+
+
 def imagenet_file_name(name: str, input_shape: tuple[int, int, int]) -> str:
     """The Keras cache file holding ``name``'s no-top ImageNet weights for ``input_shape``.
 
@@ -173,7 +539,7 @@ def imagenet_file_name(name: str, input_shape: tuple[int, int, int]) -> str:
     """
     backbone = get_backbone(name)
     if not backbone.imagenet_files:
-        raise WeightsUnavailableError(f"{backbone.display_name} has no ImageNet weights in Keras")
+        raise WeightsUnavailableError(_no_imagenet_message(backbone))
     if name == "mobilenetv2":
         rows, cols = input_shape[0], input_shape[1]
         return _mobilenetv2_file(rows if rows == cols and rows in MOBILENETV2_SIZES else 224)
@@ -225,6 +591,65 @@ def _check_input_shape(backbone: Backbone,
     return shape
 
 
+def _text(value) -> str:
+    return value.decode("utf8") if isinstance(value, bytes) else str(value)
+
+
+def load_h5_weights_by_name(model: keras.Model, path: str | Path) -> int:
+    """Load a Keras 2 (legacy layout) ``.h5`` weights file into ``model`` by layer name.
+
+    The file's layer names are matched with "/" read as "_" (Keras 3 forbids "/" in names).
+    Every layer of ``model`` that has weights must be in the file with arrays of the same
+    shapes; layers only in the file are ignored (e.g. a classifier ``model`` lacks). Returns
+    how many layers were loaded. Errors name the file and the layer.
+    """
+    import h5py  # installed with Keras
+
+    path = Path(path)
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"{path}: not a readable HDF5 weights file ({error})") from error
+    with handle:
+        group = handle["model_weights"] if "model_weights" in handle else handle
+        if "layer_names" not in group.attrs:
+            raise ValueError(f"{path}: not a Keras 2 legacy weights file (no 'layer_names' "
+                             f"attribute); save Keras 3 weights as .weights.h5 instead")
+        in_file: dict[str, list[np.ndarray]] = {}
+        for layer_name in (_text(n) for n in group.attrs["layer_names"]):
+            layer_group = group[layer_name]
+            names = [_text(n) for n in layer_group.attrs.get("weight_names", [])]
+            in_file[layer_name.replace("/", "_")] = [np.asarray(layer_group[n]) for n in names]
+    loaded = 0
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        arrays = in_file.get(layer.name)
+        if arrays is None:
+            raise ValueError(f"{path}: has no weights for layer {layer.name!r} of {model.name}")
+        expected = [tuple(weight.shape) for weight in layer.weights]
+        found = [array.shape for array in arrays]
+        if expected != found:
+            raise ValueError(f"{path}: layer {layer.name!r} of {model.name} has weight shapes "
+                             f"{expected} but the file holds {found}")
+        layer.set_weights(arrays)
+        loaded += 1
+    return loaded
+
+
+def _is_legacy_h5(path: Path) -> bool:
+    if path.name.endswith(".weights.h5"):
+        return False
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            group = handle["model_weights"] if "model_weights" in handle else handle
+            return "layer_names" in group.attrs
+    except OSError:
+        return False
+
+
 def build_backbone(name: str, *, weights: str | Path | None,
                    input_shape: tuple[int, int, int]) -> keras.Model:
     """The backbone ``name`` without its ImageNet classifier, as a model named ``name``."""
@@ -242,15 +667,63 @@ def build_backbone(name: str, *, weights: str | Path | None,
     model = backbone.constructor(include_top=False, weights=None, input_shape=shape, name=name)
     if weights_path is not None:
         try:
-            model.load_weights(str(weights_path))
+            if backbone.written_here and _is_legacy_h5(weights_path):
+                load_h5_weights_by_name(model, weights_path)
+            else:
+                model.load_weights(str(weights_path))
         except Exception as error:  # noqa: BLE001 - re-raised with the file named
             raise ValueError(f"could not load weights file {weights_path} into "
                              f"{backbone.display_name} {shape}: {error}") from error
     return model
 
 
+def count_parameters(name: str, *, include_top: bool = True,
+                     input_shape: tuple[int, int, int] | None = None) -> int:
+    """Learnable parameters of backbone ``name`` (1000-class ImageNet top with ``include_top``).
+
+    Batch-norm moving statistics are not counted (they are not learned), as in torchvision's
+    published numbers. Builds the network once with random weights at its default input size.
+    """
+    backbone = get_backbone(name)
+    shape = input_shape or (*backbone.default_input_size, 3)
+    model = backbone.constructor(include_top=include_top, weights=None, input_shape=shape,
+                                 name=name)
+    return _learnable(model)
+
+
+def _learnable(model: keras.Model) -> int:
+    """Weights that are not batch-norm moving statistics, counted whatever ``trainable`` says."""
+    moving = {id(weight) for layer in _all_layers(model)
+              if isinstance(layer, layers.BatchNormalization)
+              for weight in (layer.moving_mean, layer.moving_variance)}
+    return int(sum(math.prod(weight.shape) for weight in model.weights
+                   if id(weight) not in moving))
+
+
+def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    found = []
+    for layer in model.layers:
+        found.append(layer)
+        if isinstance(layer, keras.Model):
+            found.extend(_all_layers(layer))
+    return found
+
+
+def parse_freeze(freeze: str | int) -> str | int:
+    """``"base"``, ``"none"`` or an int N >= 0 (``"top-N"`` is read as N); ValueError otherwise."""
+    if isinstance(freeze, bool) or not isinstance(freeze, (str, int)):
+        raise ValueError(f"freeze must be 'base', 'none', an int or 'top-N', got {freeze!r}")
+    if isinstance(freeze, str) and freeze.startswith("top-") and freeze[4:].isdigit():
+        return int(freeze[4:])
+    if isinstance(freeze, str) and freeze not in ("base", "none"):
+        raise ValueError(f"freeze must be 'base', 'none', an int or 'top-N', got {freeze!r}")
+    if isinstance(freeze, int) and freeze < 0:
+        raise ValueError(f"freeze must be 'base', 'none', an int >= 0 or 'top-N', got {freeze!r}")
+    return freeze
+
+
 def _apply_freeze(model: keras.Model, freeze: str | int, display_name: str) -> None:
-    """Set the backbone's trainable flags for ``freeze`` ('base', 'none' or an int N).
+    """Set the backbone's trainable flags for ``freeze`` ('base', 'none', N or 'top-N').
 
     Keras 3 runs a BatchNormalization layer whose ``trainable`` is False in inference mode
     (moving statistics, no updates), whatever ``training`` the outer ``fit`` passes; a
@@ -259,13 +732,12 @@ def _apply_freeze(model: keras.Model, freeze: str | int, display_name: str) -> N
     ``"base"`` everything is frozen; with ``N`` the last N non-BatchNormalization layers are
     trainable and every BatchNormalization layer stays frozen (Keras' fine-tuning advice).
     """
-    if isinstance(freeze, bool) or not isinstance(freeze, (str, int)):
-        raise ValueError(f"freeze must be 'base', 'none' or an int, got {freeze!r}")
+    freeze = parse_freeze(freeze)
     if freeze in ("base", "none"):
         model.trainable = freeze == "none"
+        for layer in model.layers:  # Keras does not reset an earlier top-N setting itself
+            layer.trainable = freeze == "none"
         return
-    if isinstance(freeze, str):
-        raise ValueError(f"freeze must be 'base', 'none' or an int, got {freeze!r}")
     candidates = [layer for layer in model.layers
                   if not isinstance(layer, (layers.BatchNormalization, layers.InputLayer))]
     if not 0 <= freeze <= len(candidates):
@@ -275,6 +747,36 @@ def _apply_freeze(model: keras.Model, freeze: str | int, display_name: str) -> N
     unfrozen = {id(layer) for layer in candidates[len(candidates) - freeze:]}
     for layer in model.layers:
         layer.trainable = id(layer) in unfrozen
+
+
+def find_backbone(classifier: keras.Model) -> keras.Model:
+    """The nested backbone model of a ``build_classifier`` model (named after its registry key)."""
+    for layer in classifier.layers:
+        if isinstance(layer, keras.Model) and layer.name in BACKBONES:
+            return layer
+    raise ValueError(f"model {classifier.name} has no nested backbone named after one of "
+                     f"{', '.join(sorted(BACKBONES))}")
+
+
+def set_freeze(classifier: keras.Model, freeze: str | int) -> keras.Model:
+    """Re-freeze a built classifier's backbone (as ``build_classifier(freeze=...)``); return it.
+
+    The head stays trainable. Recompile afterwards: Keras reads the flags at compile time.
+    """
+    base = find_backbone(classifier)
+    _apply_freeze(base, freeze, get_backbone(base.name).display_name)
+    return classifier
+
+
+def head_name(model: keras.Model) -> str | None:
+    """The ``HEADS`` key of a ``build_classifier`` model (from its name), or None."""
+    suffix = model.name.rsplit("_", 1)[-1]
+    return suffix if suffix in HEADS else None
+
+
+def output_kind(model: keras.Model) -> str:
+    """``"sigmoid"`` for a one-unit output (probability of class 1), else ``"softmax"``."""
+    return "sigmoid" if int(model.output_shape[-1]) == 1 else "softmax"
 
 
 SCRATCH_BN_MOMENTUM = 0.9
@@ -305,17 +807,19 @@ def build_classifier(backbone: str, *, head: str = "paper000",
     """Backbone + head classifier named ``<backbone>_<head>``, outputting class probabilities.
 
     ``freeze``: ``"base"`` (backbone frozen, its batch norm in inference mode), ``"none"``
-    (everything trainable, batch norm statistics updated by ``fit``) or ``N`` (exactly the
-    backbone's last N non-batch-norm layers trainable; its batch norm stays frozen, so in
-    inference mode, as Keras' fine-tuning guide advises). With ``weights=None`` the backbone's
-    batch-norm momentum is lowered to ``SCRATCH_BN_MOMENTUM`` (see ``set_batch_norm_momentum``).
-    ``seed`` seeds every random initialiser
-    (via ``keras.utils.set_random_seed``) and the head's dropout.
+    (everything trainable, batch norm statistics updated by ``fit``) or ``N`` / ``"top-N"``
+    (exactly the backbone's last N non-batch-norm layers trainable; its batch norm stays
+    frozen, so in inference mode, as Keras' fine-tuning guide advises). With ``weights=None``
+    the backbone's batch-norm momentum is lowered to ``SCRATCH_BN_MOMENTUM`` (see
+    ``set_batch_norm_momentum``). ``seed`` seeds every random initialiser (via
+    ``keras.utils.set_random_seed``) and the head's dropout. The heads of papers 002 and 004
+    end in one sigmoid unit for two classes (see the module docstring).
     """
     spec = get_backbone(backbone)
     head_fn = _lookup(HEADS, head, "head")
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    freeze = parse_freeze(freeze)
     if input_shape is None:
         input_shape = (*spec.default_input_size, 3)
     if seed is not None:
@@ -326,7 +830,7 @@ def build_classifier(backbone: str, *, head: str = "paper000",
     _apply_freeze(base, freeze, spec.display_name)
     inputs = keras.Input(shape=tuple(base.input_shape[1:]), name="image")
     features = base(inputs)  # batch-norm mode follows the trainable flags (see _apply_freeze)
-    outputs = head_fn(features, num_classes=num_classes, seed=seed)
+    outputs = head_fn(features, num_classes=num_classes, seed=seed, backbone=backbone)
     return keras.Model(inputs, outputs, name=f"{backbone}_{head}")
 
 

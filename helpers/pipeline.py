@@ -27,16 +27,42 @@ class PreparedData:
     x: dict[str, np.ndarray]        # split -> (N, H, W, 3) float32
     y: dict[str, np.ndarray]        # split -> (N,) int class indices
     patients: dict[str, np.ndarray]  # split -> (N,) patient ids
-    skipped: list[tuple[str, str]]
+    skipped: list[tuple[str, str]]    # (image file, reason): unreadable images left out
+    excluded: list[tuple[str, str]]   # (item, reason): left out by the adapter or the task
     split_file: Path
     arrays_from_cache: bool
 
 
 def load_manifest(settings: RunSettings) -> pd.DataFrame:
-    """The dataset's manifest restricted to the task's classes, with a `target` column."""
+    """The dataset's manifest restricted to the task's classes, with a `target` column.
+
+    What was left out on the way (by the adapter, or for want of a lesson position when ROI
+    patches are asked for) is in ``manifest.attrs["excluded"]`` as (item, reason) pairs.
+    """
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.dataset_options.items()}
-    manifest = datasets.load(settings.dataset, settings.data_dir, **options)
-    return datasets.select_task(manifest, settings.task)
+    if settings.skip_bad and settings.dataset not in datasets.EMBEDDED_DATASETS:
+        options["skip_bad"] = True
+    loaded = datasets.load_with_exclusions(settings.dataset, settings.data_dir, **options)
+    manifest = datasets.select_task(loaded.manifest, settings.task)
+    manifest = sample_patients(manifest, settings.max_patients, settings.seed)
+    excluded = list(loaded.excluded)
+    if settings.use_roi and manifest["roi"].ne("").any():
+        # a lesion patch needs the lesion's position; a normal image gets a breast-centred patch
+        unplaced = manifest["roi"].eq("") & manifest["label"].ne("normal")
+        excluded += [(path, f"{label} image without lesion coordinates: no ROI patch can be cut")
+                     for path, label in zip(manifest.loc[unplaced, "image_path"], manifest.loc[unplaced, "label"])]
+        manifest = manifest[~unplaced].reset_index(drop=True)
+    manifest.attrs["excluded"] = excluded
+    return manifest
+
+
+def uses_roi_patches(settings: RunSettings, manifest: pd.DataFrame) -> bool:
+    """ROI patches only where asked for and where the dataset gives lesion positions at all.
+
+    Datasets whose images are already patches or slides (BreakHis, CBIS-DDSM cropped ROIs,
+    the CBIS sample) carry no positions; their whole images are used.
+    """
+    return bool(settings.use_roi and manifest["roi"].ne("").any())
 
 
 def class_names_for(manifest: pd.DataFrame) -> list[str]:
@@ -52,19 +78,48 @@ def split_file_for(settings: RunSettings, manifest: pd.DataFrame) -> Path:
     return paths.cache_dir() / "splits" / name
 
 
+def split_manifest(settings: RunSettings, manifest: pd.DataFrame, split_file: Path) -> pd.DataFrame:
+    """Add the ``split`` column by ``settings.split`` (see ``plan.SPLIT_METHODS``), leak-checked.
+
+    "patient": a seeded, stratified patient-level split saved to ``split_file`` and reloaded on
+    later runs. "by-magnification": the same, then test keeps only 40X images and train/val the
+    others (paper 004). "official": CBIS-DDSM's own train/test split, val carved from train.
+    """
+    if settings.split == "official":
+        from helpers.adapters import cbis_ddsm
+
+        result = cbis_ddsm.official_split(manifest, val_size=settings.val_size, seed=settings.seed)
+        splits.check_no_leakage(result)
+        return result
+    result = splits.make_or_load_split(
+        manifest, split_file, test_size=settings.test_size, val_size=settings.val_size, seed=settings.seed
+    )
+    if settings.split == "by-magnification":
+        result = splits.restrict_by_magnification(result, "40X")
+    return result
+
+
+def sample_patients(manifest: pd.DataFrame, max_patients: int | None, seed: int) -> pd.DataFrame:
+    """A seeded sample of ``max_patients`` patients (all their images); all when None or fewer."""
+    patients = sorted(manifest["patient_id"].unique())
+    if max_patients is None or len(patients) <= max_patients:
+        return manifest
+    chosen = set(np.random.default_rng(seed).choice(patients, size=max_patients, replace=False))
+    return manifest[manifest["patient_id"].isin(chosen)].reset_index(drop=True)
+
+
 def prepare_data(settings: RunSettings, *, progress: bool = True, on_error: str = "raise") -> PreparedData:
     """Load the manifest, split it by patient (saved JSON, leak-checked), prepare cached arrays."""
     manifest = load_manifest(settings)
+    excluded = list(manifest.attrs.get("excluded", []))
     split_file = split_file_for(settings, manifest)
-    manifest = splits.make_or_load_split(
-        manifest, split_file, test_size=settings.test_size, val_size=settings.val_size, seed=settings.seed
-    )
+    manifest = split_manifest(settings, manifest, split_file)
     prepared = preprocessing.prepare_arrays(
         manifest,
         settings.preset,
         image_size=settings.image_size,
-        use_roi=settings.use_roi,
-        on_error=on_error,
+        use_roi=uses_roi_patches(settings, manifest),
+        on_error="skip" if settings.skip_bad else on_error,
         progress=progress,
     )
     kept = prepared.manifest.reset_index(drop=True)
@@ -87,6 +142,7 @@ def prepare_data(settings: RunSettings, *, progress: bool = True, on_error: str 
         y=y,
         patients=patients,
         skipped=list(prepared.skipped),
+        excluded=excluded,
         split_file=split_file,
         arrays_from_cache=prepared.from_cache,
     )
@@ -97,6 +153,13 @@ def data_summary(data: PreparedData) -> pd.DataFrame:
     return splits.split_summary(data.manifest)
 
 
+def left_out(data: PreparedData) -> pd.DataFrame:
+    """Every image or label row left out of the experiment, and why (empty when none)."""
+    rows = [{"item": Path(p).name, "stage": "dataset", "reason": r} for p, r in data.excluded]
+    rows += [{"item": Path(p).name, "stage": "preprocessing", "reason": r} for p, r in data.skipped]
+    return pd.DataFrame(rows, columns=["item", "stage", "reason"])
+
+
 def run_record(
     settings: RunSettings,
     data: PreparedData,
@@ -104,6 +167,7 @@ def run_record(
     run_name: str,
     notebook: str,
     weights_description: str,
+    classifier: str = "network",
 ) -> dict[str, Any]:
     """The `run` section of metrics.json: which data, weights and profile produced the numbers."""
     return {
@@ -117,11 +181,17 @@ def run_record(
         "task": settings.task,
         "classes": data.class_names,
         "backbone": settings.backbone,
+        "classifier": classifier,
         "head": settings.head,
         "weights": weights_description,
         "freeze": settings.freeze,
         "optimiser": settings.optimiser,
+        "loss": settings.loss,
         "learning_rate": settings.learning_rate,
+        "augmentation": settings.augmentation,
+        "offline_expansion": settings.offline_expansion,
+        "fine_tune_epochs": settings.fine_tune_epochs,
+        "split": settings.split,
         "image_size": list(settings.image_size),
         "use_roi": settings.use_roi,
         "epochs": settings.epochs,
@@ -135,8 +205,68 @@ def run_record(
         "patients_val": int(len(set(data.patients["val"]))),
         "patients_test": int(len(set(data.patients["test"]))),
         "skipped": [{"image_path": Path(p).name, "reason": r} for p, r in data.skipped],
+        "excluded": [{"item": Path(p).name, "reason": r} for p, r in data.excluded],
+        "roi_patches": uses_roi_patches(settings, data.manifest),
         "scaled_down": list(settings.scaled_down),
     }
+
+
+def build_model(settings: RunSettings, data: PreparedData) -> "keras.Model":
+    """The classifier of the run: its backbone, head, weights and freezing, seeded."""
+    from helpers import models, training
+
+    training.set_determinism(settings.seed)
+    return models.build_classifier(settings.backbone, head=settings.head, weights=settings.weights,
+                                   freeze=settings.freeze, input_shape=(*settings.image_size, 3),
+                                   num_classes=len(data.class_names), seed=settings.seed)
+
+
+def make_augmenter(settings: RunSettings):
+    """The run's augmentation scheme as a seeded callable for training batches (None for "none")."""
+    from helpers import augmentation
+
+    if settings.augmentation == "none":
+        return None
+    return augmentation.build_augmenter(settings.augmentation, image_size=settings.image_size,
+                                        seed=settings.seed,
+                                        value_range=preprocessing.preset_value_range(settings.preset))
+
+
+def training_arrays(settings: RunSettings, data: PreparedData, augmenter) -> tuple[np.ndarray, np.ndarray]:
+    """The training split, expanded offline ``settings.offline_expansion`` times (paper 000),
+    after the split and on the training split only."""
+    from helpers import augmentation
+
+    x, y = data.x["train"], data.y["train"]
+    if settings.offline_expansion <= 1:
+        return x, y
+    if augmenter is None:
+        raise ValueError(f"offline_expansion={settings.offline_expansion} needs an augmentation scheme, "
+                         f"but the run's augmentation is 'none'")
+    split = np.full(len(y), "train", dtype=object)
+    x, y, _ = augmentation.expand_offline(x, y, data.patients["train"], factor=settings.offline_expansion,
+                                          augmenter=augmenter, split=split)
+    return x, y
+
+
+def train_model(settings: RunSettings, model: "keras.Model", data: PreparedData,
+                run_dir: Path | str, *, verbose: int | str = 2) -> pd.DataFrame:
+    """Compile with the recipe's optimiser and loss, then fit with augmentation on the training
+    split only, class weights, the best-``val_loss`` checkpoint and optional fine-tuning phase."""
+    from helpers import training
+
+    training.compile_classifier(model, optimiser=settings.optimiser, learning_rate=settings.learning_rate,
+                                loss=settings.loss, weight_decay=settings.weight_decay,
+                                momentum=0.9 if settings.momentum is None else settings.momentum,
+                                jit_compile=settings.jit_compile,
+                                run_eagerly=settings.run_eagerly)
+    augmenter = make_augmenter(settings)
+    x_train, y_train = training_arrays(settings, data, augmenter)
+    return training.train(model, x_train, y_train, data.x["val"], data.y["val"],
+                          epochs=settings.epochs, batch_size=settings.batch_size, run_dir=Path(run_dir),
+                          seed=settings.seed, class_weight=training.class_weights(y_train),
+                          augment=augmenter, fine_tune_epochs=settings.fine_tune_epochs,
+                          fine_tune_learning_rate=settings.fine_tune_learning_rate, verbose=verbose)
 
 
 def write_metrics(run_dir: Path | str, record: dict[str, Any], results: dict[str, Any]) -> Path:

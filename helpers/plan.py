@@ -15,10 +15,14 @@ import yaml
 from helpers import paths
 
 PLAN_FILE = "study.yaml"
+DEFAULT_SUITE = "study"
 PROFILE_KEYS = (
     "description", "dataset", "dataset_options", "task", "use_roi", "image_size", "epochs",
     "batch_size", "learning_rate", "freeze", "weights", "n_boot", "timeout_s", "scaled_down",
+    "skip_bad", "augmentation", "offline_expansion", "fine_tune_epochs", "max_patients",
+    "run_eagerly", "jit_compile",
 )
+SPLIT_METHODS = ("patient", "by-magnification", "official")
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class RunSpec:
     study: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     after_all: bool = False
+    suites: tuple[str, ...] = (DEFAULT_SUITE,)  # the suites (named sets of runs) it belongs to
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,17 @@ class RunSettings:
     test_size: float
     val_size: float
     scaled_down: tuple[str, ...]
+    skip_bad: bool = False  # leave bad files out (listed in the report) instead of failing
+    augmentation: str = "none"  # a scheme of helpers.augmentation.SCHEMES, on the training split only
+    offline_expansion: int = 1  # paper 000's eightfold offline expansion of the training split
+    fine_tune_epochs: int = 0  # two-phase training: epochs of fine-tuning after the head-only phase
+    fine_tune_learning_rate: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    split: str = "patient"  # one of SPLIT_METHODS
+    max_patients: int | None = None  # keep a seeded sample of this many patients (cpu profile)
+    run_eagerly: bool = False  # no graph tracing: faster for runs of a few steps (smoke)
+    jit_compile: bool | str = False  # XLA: "auto" pays off on a GPU, not on a CPU
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +104,8 @@ def load_plan(path: Path | str | None = None) -> Plan:
     runs = []
     for entry in raw["runs"]:
         try:
+            if "suites" in entry:
+                entry = {**entry, "suites": tuple(entry["suites"])}
             runs.append(RunSpec(**entry))
         except TypeError as error:
             raise ValueError(f"{path}: bad run entry {entry!r} ({error})") from error
@@ -146,6 +164,18 @@ def resolve_settings(
     options = dict(prof.get("dataset_options") or {}) if not dataset else {}
     preset = f"paper{study}" if f"paper{study}" in preprocessing.PRESETS else "minimal"
     optimiser = recipe.optimisers[0] if recipe.optimisers else "adam"
+    weights = _weights(overrides.get("weights", "profile"), prof.get("weights"))
+    freeze = pick("freeze", recipe.freeze)
+    scaled_down = tuple(prof.get("scaled_down") or ())
+    if weights == "imagenet" and backbone is not None and "weights" not in overrides:
+        from helpers import models
+
+        spec = models.get_backbone(backbone)
+        if not spec.imagenet_files:  # AlexNet, GoogLeNet: Keras has no ImageNet file for them
+            weights = None
+            freeze = "none" if "freeze" not in overrides else freeze
+            scaled_down += (f"random initial weights for {spec.display_name}: no ImageNet weights "
+                            f"exist for it in Keras, so it is trained from scratch",)
     return RunSettings(
         profile=profile,
         study=study,
@@ -156,21 +186,108 @@ def resolve_settings(
         task=pick("task", recipe.task),
         use_roi=bool(pick("use_roi", False)),
         preset=overrides.get("preset", preset),
-        image_size=_size(pick("image_size", recipe.input_size or 224)),
+        image_size=_image_size(_keep_aspect(pick("image_size", recipe.input_size or 224), recipe.input_size,
+                                            explicit="image_size" in overrides), backbone,
+                               explicit="image_size" in overrides),
         epochs=int(pick("epochs", recipe.epochs or 10)),
         batch_size=int(pick("batch_size", recipe.batch_size or 32)),
         learning_rate=float(pick("learning_rate", recipe.learning_rate or 1e-3)),
         optimiser=overrides.get("optimiser", optimiser),
-        loss=overrides.get("loss", "sparse_categorical_crossentropy"),
+        loss=overrides.get("loss", recipe.loss),
         head=overrides.get("head", recipe.head),
-        freeze=pick("freeze", "base"),
-        weights=_weights(overrides.get("weights", "profile"), prof.get("weights")),
+        freeze=freeze,
+        weights=weights,
         seed=seed,
         n_boot=int(pick("n_boot", 1000)),
         test_size=float(overrides.get("test_size", 0.25)),
         val_size=float(overrides.get("val_size", 0.2)),
-        scaled_down=tuple(prof.get("scaled_down") or ()),
+        scaled_down=scaled_down,
+        skip_bad=bool(pick("skip_bad", False)),
+        augmentation=_augmentation(pick("augmentation", "paper"), study),
+        offline_expansion=int(pick("offline_expansion", recipe.offline_expansion)) if recipe.offline_expansion else 1,
+        fine_tune_epochs=int(pick("fine_tune_epochs", 0)),
+        fine_tune_learning_rate=overrides.get("fine_tune_learning_rate"),
+        momentum=overrides.get("momentum", recipe.momentum),
+        weight_decay=overrides.get("weight_decay", recipe.weight_decay),
+        split=_split_method(overrides.get("split"), study, chosen_dataset),
+        max_patients=pick("max_patients", None) if not dataset else overrides.get("max_patients"),
+        run_eagerly=bool(pick("run_eagerly", False)),
+        jit_compile=pick("jit_compile", False),
     )
+
+
+def _keep_aspect(value: Any, recipe_size: tuple[int, int] | None, *, explicit: bool) -> Any:
+    """A profile's single size for a paper with a non-square input (paper 004: 96x144) becomes
+    the short side, keeping the paper's aspect ratio (32 -> 32x48)."""
+    if explicit or not isinstance(value, int) or recipe_size is None or recipe_size[0] == recipe_size[1]:
+        return value
+    height, width = recipe_size
+    scale = value / min(height, width)
+    return (round(height * scale), round(width * scale))
+
+
+def _image_size(value: Any, backbone: str | None, *, explicit: bool) -> tuple[int, int]:
+    """The input size; a profile's size below the backbone's minimum is raised to that minimum
+    (AlexNet needs 63 px, InceptionV3 75 px), an explicitly requested one is an error."""
+    size = _size(value)
+    if backbone is None:
+        return size
+    from helpers import models
+
+    minimum = models.get_backbone(backbone).min_input_size
+    if min(size) >= minimum:
+        return size
+    if explicit:
+        raise ValueError(f"image_size {size} is below {backbone}'s minimum input of {minimum} px")
+    return (max(size[0], minimum), max(size[1], minimum))
+
+
+PARAMETER_SETTINGS = {
+    "STUDY": "study", "BACKBONE": "backbone", "DATASET": "dataset", "DATA_DIR": "data_dir",
+    "TASK": "task", "USE_ROI": "use_roi", "WEIGHTS": "weights", "FREEZE": "freeze",
+    "OPTIMISER": "optimiser", "EPOCHS": "epochs", "IMAGE_SIZE": "image_size", "SKIP_BAD": "skip_bad",
+    "SEED": "seed",
+}
+"""Notebook parameter -> :func:`resolve_settings` argument (the lesson notebooks' convention)."""
+
+
+def settings_for_run(run: "PlannedRun", plan: Plan | None = None) -> RunSettings | None:
+    """The settings a planned training run will resolve to (None for runs without a backbone)."""
+    if "BACKBONE" not in run.parameters:
+        return None
+    arguments = {PARAMETER_SETTINGS[key]: value for key, value in run.parameters.items()
+                 if key in PARAMETER_SETTINGS}
+    if arguments.get("skip_bad") is False:
+        arguments["skip_bad"] = None
+    return resolve_settings(run.parameters["PROFILE"], plan=plan, **arguments)
+
+
+def _augmentation(requested: str, study: str) -> str:
+    """``"paper"``: the study's own scheme (``none`` where it used no augmentation)."""
+    from helpers import augmentation
+
+    if requested == "paper":
+        return f"paper{study}" if f"paper{study}" in augmentation.SCHEMES else "none"
+    augmentation.get_scheme(requested)  # KeyError naming the known schemes
+    return requested
+
+
+def _split_method(requested: str | None, study: str, dataset: str) -> str:
+    """How images are split: by patient, except where a dataset or paper fixes the split.
+
+    CBIS-DDSM comes with an official train/test split ("official"); paper 004 tests on the 40X
+    BreakHis images ("by-magnification", kept patient-level: see splits.magnification_split).
+    """
+    if requested is None:
+        if dataset == "cbis-ddsm":
+            requested = "official"
+        elif dataset == "breakhis" and study == "004":
+            requested = "by-magnification"
+        else:
+            requested = "patient"
+    if requested not in SPLIT_METHODS:
+        raise ValueError(f"unknown split {requested!r}; known: {list(SPLIT_METHODS)}")
+    return requested
 
 
 def _weights(requested: Any, from_profile: Any) -> str | None:
@@ -202,26 +319,54 @@ class PlannedRun:
     after_all: bool
 
 
+def suites(plan: Plan | None = None) -> list[str]:
+    """The names of the plan's suites, the default one first."""
+    plan = plan or load_plan()
+    names = {name for run in plan.runs for name in run.suites}
+    return [DEFAULT_SUITE] + sorted(names - {DEFAULT_SUITE})
+
+
+def output_name(profile: str, *, dataset: str | None = None, suite: str = DEFAULT_SUITE,
+                plan: Plan | None = None) -> str:
+    """The folder under reports/ for a profile run on a dataset and suite.
+
+    ``reports/<profile>`` for the default suite on the profile's own dataset; otherwise the
+    dataset and suite are added (``reports/cpu-mias-real-data``), so that results on other data
+    never mix with the profile's.
+    """
+    prof = get_profile(profile, plan)
+    if suite == DEFAULT_SUITE and dataset in (None, prof.get("dataset")):
+        return profile
+    return "-".join([profile, dataset or str(prof.get("dataset") or "papers")]
+                    + ([] if suite == DEFAULT_SUITE else [suite]))
+
+
 def planned_runs(
     profile: str,
     *,
     only: list[str] | None = None,
     dataset: str | None = None,
     data_dir: str | None = None,
+    suite: str = DEFAULT_SUITE,
+    skip_bad: bool = False,
     plan: Plan | None = None,
     reports_root: Path | None = None,
 ) -> list[PlannedRun]:
-    """The runs of the plan for ``profile`` with the parameters papermill will inject."""
+    """The runs of ``suite`` for ``profile`` with the parameters papermill will inject."""
     plan = plan or load_plan()
     prof = get_profile(profile, plan)
-    root = (reports_root or paths.reports_dir()) / profile
-    known = [run.name for run in plan.runs]
+    known_suites = suites(plan)
+    if suite not in known_suites:
+        raise KeyError(f"unknown suite {suite!r}; the plan {plan.source} has {known_suites}")
+    root = (reports_root or paths.reports_dir()) / output_name(profile, dataset=dataset, suite=suite, plan=plan)
+    in_suite = [run for run in plan.runs if suite in run.suites]
+    known = [run.name for run in in_suite]
     if only:
         missing = sorted(set(only) - set(known))
         if missing:
-            raise KeyError(f"unknown run(s) {missing}; the plan has {known}")
+            raise KeyError(f"unknown run(s) {missing} in suite {suite!r}; it has {known}")
     result = []
-    for run in plan.runs:
+    for run in in_suite:
         if only and run.name not in only:
             continue
         parameters: dict[str, Any] = {
@@ -235,6 +380,8 @@ def planned_runs(
             parameters["DATASET"] = dataset
         if data_dir:
             parameters["DATA_DIR"] = str(Path(data_dir).expanduser().resolve())
+        if skip_bad and not run.after_all:
+            parameters["SKIP_BAD"] = True
         parameters.update(run.parameters)
         result.append(
             PlannedRun(

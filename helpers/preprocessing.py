@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from helpers import studies
 from helpers.paths import atomic_path, cache_dir as default_cache_dir
 
 PREPROCESSING_VERSION = "1"
@@ -200,6 +201,23 @@ def _grey(img: np.ndarray) -> np.ndarray:
     return img if img.ndim == 2 else cv2.cvtColor(img[:, :, :3], cv2.COLOR_RGB2GRAY)
 
 
+def is_colour(img: np.ndarray) -> bool:
+    """True for an ``HxWx3`` (or ``x4``) image whose channels differ (grey copied to RGB is not colour)."""
+    if img.ndim != 3 or img.shape[2] < 3:
+        return False
+    return not (np.array_equal(img[:, :, 0], img[:, :, 1])
+                and np.array_equal(img[:, :, 0], img[:, :, 2]))
+
+
+def _require_grey(img: np.ndarray, step: str) -> None:
+    """Refuse colour input to a step that only makes sense for a grey mammogram."""
+    if is_colour(img):
+        raise ValueError(
+            f"{step}: expects a grey mammogram (HxW), got a colour image of shape {img.shape}; "
+            "it looks for a bright breast on a dark background, which colour (histopathology) "
+            "images do not have: leave this step out of colour presets")
+
+
 def downscale(img: np.ndarray, max_side: int = 1024) -> np.ndarray:
     """Shrink (INTER_AREA) so that the longest side is at most ``max_side``; never enlarges."""
     img = _as_float(img)
@@ -262,8 +280,10 @@ def remove_artefacts(img: np.ndarray, threshold: float | None = None, otsu_frac:
     with an elliptic kernel of side ``kernel_frac * min(h, w)`` (opening cuts thin bridges to
     labels, closing mends the skin line), keep the largest connected component (the breast)
     with holes filled.
-    An image with nothing above the threshold is returned unchanged.
+    An image with nothing above the threshold is returned unchanged. Colour input (channels
+    that differ) raises ValueError; grey copied to three channels is accepted.
     """
+    _require_grey(img, "remove_artefacts")
     img = _as_float(img)
     grey = _grey(img)
     level = otsu_frac * _otsu_threshold(grey) if threshold is None else float(threshold)
@@ -326,8 +346,10 @@ def clahe(img: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8) -> np.nd
 def otsu_crop(img: np.ndarray, margin: float = 0.02) -> np.ndarray:
     """Crop to the bounding box of :func:`otsu_mask`, widened by ``margin`` of each side.
 
-    An image whose mask is empty (e.g. all black) is returned unchanged.
+    An image whose mask is empty (e.g. all black) is returned unchanged. Colour input (channels
+    that differ) raises ValueError; grey copied to three channels is accepted.
     """
+    _require_grey(img, "otsu_crop")
     img = _as_float(img)
     mask = otsu_mask(img)
     if not mask.any():
@@ -406,8 +428,23 @@ def zero_mean(img: np.ndarray) -> np.ndarray:
     return (centred / std if std > 0 else centred).astype(np.float32)
 
 
+def mean_normalisation(img: np.ndarray) -> np.ndarray:
+    """Mean normalisation (paper 003): subtract this image's mean over all pixels and channels.
+
+    Centres the values on zero without dividing by the standard deviation, so the spread of
+    intensities is kept (unlike :func:`zero_mean`).
+    """
+    img = _as_float(img)
+    return (img - np.float32(img.mean())).astype(np.float32)
+
+
 def decimal_scaling(img: np.ndarray) -> np.ndarray:
-    """Decimal scaling: divide by ``10**j``, the smallest power of ten with ``max|x| / 10**j < 1``."""
+    """Decimal scaling: divide by ``10**j``, the smallest power of ten with ``max|x| / 10**j < 1``.
+
+    Meant for raw integer values (uint8/uint16 as read, before :func:`to_float`): 8-bit data
+    (max 255) is divided by 1000, 12-bit (max 4095) by 10000. On float data already in [0, 1)
+    it changes nothing (``j = 0``).
+    """
     values = img.astype(np.float32)
     peak = float(np.abs(values).max()) if values.size else 0.0
     if peak == 0:
@@ -421,7 +458,8 @@ STEPS: dict[str, Callable[..., np.ndarray]] = {
     "median_filter": median_filter, "gaussian_filter": gaussian_filter,
     "bilateral_filter": bilateral_filter, "clahe": clahe, "otsu_crop": otsu_crop,
     "contrast_stretch": contrast_stretch, "resize": resize, "grey_to_rgb": grey_to_rgb,
-    "scale_01": scale_01, "zero_mean": zero_mean, "decimal_scaling": decimal_scaling,
+    "scale_01": scale_01, "zero_mean": zero_mean, "mean_normalisation": mean_normalisation,
+    "decimal_scaling": decimal_scaling,
 }
 """Step name -> pure function ``(img, **params) -> img``."""
 
@@ -451,12 +489,139 @@ class Preset:
     """A paper's preprocessing recipe. ``study`` is the study key ("000".."004") or None.
 
     The ``resize`` step gets its size from ``image_size`` at apply time (profiles fix sizes).
+    ``color=True`` reads the files as RGB (histopathology); False reads them grey (mammograms).
     """
 
     name: str
     steps: tuple[Step, ...]
     description: str
     study: str | None = None
+    color: bool = False
+
+
+def _recipe(study: str) -> studies.Recipe:
+    return studies.get_study(study).recipe
+
+
+def _hw_text(size: tuple[int, int] | None) -> str:
+    return "no size stated" if size is None else f"{size[0]}x{size[1]} (height x width)"
+
+
+PAPER003_NORMALISATIONS: tuple[str, ...] = tuple(_recipe("003").preprocessing_params["normalisation"])
+"""The normalisations paper 003 names (read from helpers.studies); each is a step in :data:`STEPS`."""
+
+PAPER003_NORMALISATION = "mean_normalisation"
+"""The one :data:`PRESETS` ``paper003`` uses (the paper does not say which it used, see its description)."""
+
+
+def _paper001() -> Preset:
+    recipe = _recipe("001")
+    return Preset(
+        name="paper001",
+        study="001",
+        description=(
+            f"Bokade et al. 2024 (paper 001, section 2.2): resize to {_hw_text(recipe.input_size)} "
+            "(size set by the profile), contrast stretching "
+            f"('{recipe.preprocessing_params['contrast_stretch']}'), three channels "
+            f"('{_hw_text(recipe.input_size).split(' ')[0]}x3'), in the paper's order (resize, "
+            "then stretching). "
+            "The paper states no interpolation and no other scaling. Chosen here: area "
+            "interpolation (the paper's MATLAB imresize smooths before shrinking, which OpenCV's "
+            "area method does and its bicubic does not); stretching over the full range (0th to "
+            "100th percentile, i.e. minimum to 0 and maximum to L), where L = 1 for float images, "
+            "so the output is in [0, 1] (= [0, 255] for the paper's 8-bit images divided by 255)."
+        ),
+        steps=(
+            Step("to_float"),
+            Step("resize", {"method": "area"}),
+            Step("contrast_stretch", {"low_pct": 0, "high_pct": 100}),
+            Step("grey_to_rgb"),
+        ),
+    )
+
+
+def _paper002() -> Preset:
+    recipe = _recipe("002")
+    return Preset(
+        name="paper002",
+        study="002",
+        color=True,
+        description=(
+            "Kumar et al. 2022 (paper 002, methodology 'Data Preprocessing'): histopathology "
+            "(BreakHis) read in colour, resized to one size ('IMG_SIZE', value "
+            f"{'not shown' if recipe.input_size is None else recipe.input_size}; size set by the "
+            "profile), pixel values normalised to [0, 1] (the method's example). Chosen here: "
+            "bilinear interpolation (the default of the TensorFlow image resizing the paper's code "
+            "calls through its unshown load_image) and [0, 1] by dividing by the type's maximum "
+            "(255 for 8-bit PNG); grey files are copied to three channels. The paper's code "
+            "instead applies each backbone's preprocess_input inside the model."
+        ),
+        steps=(
+            Step("to_float"),
+            Step("resize", {"method": "bilinear"}),
+            Step("grey_to_rgb"),
+        ),
+    )
+
+
+def paper003_preset(normalisation: str = PAPER003_NORMALISATION) -> Preset:
+    """Paper 003's recipe with one of its two normalisations (:data:`PAPER003_NORMALISATIONS`).
+
+    ``"mean_normalisation"`` gives the registered ``paper003``; another choice gives a preset
+    named ``paper003-<normalisation>`` (its own cache files).
+    """
+    if normalisation not in PAPER003_NORMALISATIONS:
+        raise ValueError(f"paper003_preset: unknown normalisation {normalisation!r} "
+                         f"(paper 003 names {', '.join(PAPER003_NORMALISATIONS)})")
+    if normalisation == "decimal_scaling":  # on the raw integer values, as the method defines it
+        steps = (Step("decimal_scaling"), Step("resize", {"method": "area"}), Step("grey_to_rgb"))
+    else:
+        steps = (Step("to_float"), Step("resize", {"method": "area"}), Step("grey_to_rgb"),
+                 Step(normalisation))
+    name = "paper003" if normalisation == PAPER003_NORMALISATION else f"paper003-{normalisation}"
+    return Preset(
+        name=name,
+        study="003",
+        description=(
+            "Akhi et al. (paper 003, section III B-C): resize (the paper describes nearest, "
+            "bilinear, bicubic and area interpolation and 'selected the suitable' one per model "
+            "without saying which; no size stated, set by the profile), then normalisation by "
+            f"{' or '.join(PAPER003_NORMALISATIONS)}, again chosen per model without saying which. "
+            "Chosen here: area interpolation (the method the paper calls highest quality, and the "
+            "right one for shrinking mammograms); grey copied to three channels; normalisation "
+            f"'{normalisation}'. The registered preset uses mean normalisation (subtract the "
+            "image's mean, no division by the standard deviation; per image), because the paper "
+            "calls decimal scaling 'not as common' and 'selectively used'; "
+            "paper003_preset('decimal_scaling') gives the other (it divides the raw integer "
+            "values by a power of ten, so it runs before the conversion to float)."
+        ),
+        steps=steps,
+    )
+
+
+def _paper004() -> Preset:
+    recipe = _recipe("004")
+    return Preset(
+        name="paper004",
+        study="004",
+        color=True,
+        description=(
+            "Abu Al-Haija and Manasra 2020 (paper 004, 'Data Resizing'): BreakHis RGB images "
+            f"(700x460, landscape) resized to {_hw_text(recipe.input_size)}, i.e. the paper's "
+            f"'{recipe.input_size[1]}x{recipe.input_size[0]}' (Img_width {recipe.input_size[1]}, "
+            f"Img_height {recipe.input_size[0]}), landscape like the originals (size "
+            "set by the profile; the paper profile uses this one), three channels, 'normalised' "
+            "by a method the paper does not name. Chosen here: nearest-neighbour interpolation "
+            "(the default of keras.preprocessing's image loading, which the paper names) and "
+            "[0, 1] by dividing by 255 (the usual rescale of Keras' data generators); grey files "
+            "are copied to three channels."
+        ),
+        steps=(
+            Step("to_float"),
+            Step("resize", {"method": "nearest"}),
+            Step("grey_to_rgb"),
+        ),
+    )
 
 
 PRESETS: dict[str, Preset] = {
@@ -502,6 +667,10 @@ PRESETS: dict[str, Preset] = {
             Step("scale_01"),
         ),
     ),
+    "paper001": _paper001(),
+    "paper002": _paper002(),
+    "paper003": paper003_preset(),
+    "paper004": _paper004(),
 }
 """Preset name -> :class:`Preset`."""
 
@@ -515,6 +684,31 @@ def get_preset(name_or_preset: str | Preset) -> Preset:
             raise KeyError(f"unknown preset {name_or_preset!r}; known presets: {', '.join(PRESETS)}")
         return PRESETS[name_or_preset]
     raise TypeError(f"expected a preset name or Preset, got {type(name_or_preset).__name__}")
+
+
+UNIT_RANGE_STEPS = frozenset({"to_float", "scale_01", "contrast_stretch", "clahe"})
+"""Steps whose output lies in [0, 1] (``to_float`` for integer input)."""
+
+OPEN_RANGE_STEPS = frozenset({"zero_mean", "mean_normalisation", "decimal_scaling"})
+"""Steps whose output has no fixed range (it depends on each image)."""
+
+
+def preset_value_range(preset: str | Preset) -> tuple[float, float] | None:
+    """The fixed value range of a preset's output, or None when it has none.
+
+    (0, 1) when the last range-setting step is one of :data:`UNIT_RANGE_STEPS` and no bicubic
+    resize (which overshoots) follows it; None after :data:`OPEN_RANGE_STEPS` (zero-mean data).
+    This is the ``value_range`` to give :func:`helpers.augmentation.build_augmenter`.
+    """
+    result: tuple[float, float] | None = None
+    for step in get_preset(preset).steps:
+        if step.name in UNIT_RANGE_STEPS:
+            result = (0.0, 1.0)
+        elif step.name in OPEN_RANGE_STEPS:
+            result = None
+        elif step.name == "resize" and dict(step.params).get("method", "area") == "bicubic":
+            result = None
+    return result
 
 
 def cut_patch(img: np.ndarray, roi: tuple[float, float, float], roi_scale: float = 2.0) -> np.ndarray:
@@ -633,7 +827,7 @@ def _file_stamp(path: str) -> tuple[int, int]:
 
 def cache_key(manifest: pd.DataFrame, preset: str | Preset, *, image_size: Size,
               use_roi: bool = False, roi_scale: float = 2.0) -> str:
-    """sha256 over the version, preset, size, roi settings and each row's file identity."""
+    """sha256 over the version, preset (steps and colour), size, roi settings and each row's file identity."""
     preset = get_preset(preset)
     rows = manifest["roi"] if "roi" in manifest.columns else [""] * len(manifest)
     payload = {
@@ -641,6 +835,7 @@ def cache_key(manifest: pd.DataFrame, preset: str | Preset, *, image_size: Size,
         "preset": preset.name,
         "steps": [[step.name, sorted(dict(step.params).items())] for step in preset.steps],
         "image_size": list(_size_hw(image_size)),
+        "color": bool(preset.color),
         "use_roi": bool(use_roi),
         "roi_scale": float(roi_scale),
         "rows": [[str(path), _roi_text(roi), *_file_stamp(str(path))]
@@ -671,6 +866,7 @@ def prepare_arrays(manifest: pd.DataFrame, preset: str | Preset, *, image_size: 
     The cache file ``<dir>/<preset>-<h>x<w>-<key16>.npz`` (dir defaults to
     ``helpers.paths.cache_dir()/"arrays"``) is reused when :func:`cache_key` matches, without
     reading any image. ``on_error``: "raise" (ImageReadError naming the file) or "skip".
+    Files are read grey, or RGB when ``preset.color`` is True (histopathology).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -699,7 +895,7 @@ def prepare_arrays(manifest: pd.DataFrame, preset: str | Preset, *, image_size: 
                 disable=not progress, desc=f"preprocessing ({preset.name})")
     for position, (path, roi_text) in rows:
         try:
-            img = read_image(path)
+            img = read_image(path, color=preset.color)
             roi = None
             if use_roi:
                 roi = parse_roi(roi_text, str(path)) or default_roi(img)

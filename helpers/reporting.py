@@ -51,6 +51,7 @@ def results_table(entries: list[dict[str, Any]], level: str = "image_level") -> 
         row = {
             "run": entry["name"], "study": run.get("study"), "dataset": run.get("dataset"),
             "task": run.get("task"), "backbone": run.get("backbone"), "weights": run.get("weights"),
+            "optimiser": run.get("optimiser"), "classifier": run.get("classifier", "network"),
             "profile": run.get("profile"), "input": "x".join(map(str, run.get("image_size", []))),
             "epochs": run.get("epochs"), "n_test": metrics[level].get("n"),
         }
@@ -78,29 +79,46 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+NETWORK_CLASSIFIERS = ("softmax", "sigmoid")  # the papers' own network outputs (ours: "network")
+
+
+def _matches(run: pd.Series, paper: pd.Series) -> bool:
+    """Does our run reproduce this reported row: same paper, backbone, optimiser and classifier?"""
+    if run["study"] != paper["study"] or run["backbone"] != paper["backbone"]:
+        return False
+    if _text(paper["optimiser"]) and run["optimiser"] != paper["optimiser"]:
+        return False
+    theirs = "network" if paper["classifier"] in NETWORK_CLASSIFIERS else paper["classifier"]
+    return (run.get("classifier") or "network") == theirs
+
+
 def comparison_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
-    """Ours beside theirs: for each run, the rows the papers report for the same backbone."""
+    """Ours beside theirs: one row per (paper, backbone, classifier, optimiser) a paper reports,
+    with the paper's numbers (their data) and ours (the run of the same recipe; n/a where the
+    plan has no such run, e.g. the papers' own small ConvNet)."""
     from helpers import studies
 
     reported = studies.reported_table()
     ours = results_table(entries)
     rows = []
-    for _, run in ours.iterrows():
+    for _, paper in reported.iterrows():
+        match = ours[[_matches(run, paper) for _, run in ours.iterrows()]] if not ours.empty else ours
+        run = match.iloc[0] if len(match) else None
         rows.append({
-            "backbone": run["backbone"], "source": f"ours ({run['run']})", "dataset": run["dataset"],
-            "classifier": "softmax", "setting": f"{run['profile']} profile, weights: {run['weights']}",
-            "accuracy": run["accuracy"], "recall": run["recall"], "f1": run["f1"], "roc_auc": run["roc_auc"],
+            "paper": f"paper {paper['study']}", "backbone": paper["backbone"], "classifier": paper["classifier"],
+            "optimiser": _text(paper["optimiser"]),
+            "paper_dataset": paper["dataset"], "paper_accuracy": paper["accuracy"],
+            "paper_f1": paper["f1"], "paper_auc": paper["auc"],
+            "paper_source": f"{paper['slug']}, {paper['source']}",
+            "our_run": run["run"] if run is not None else "",
+            "our_data": f"{run['dataset']} ({run['task']}, {run['input']} px)" if run is not None else "",
+            "our_weights": run["weights"] if run is not None else "",
+            "our_accuracy": run["accuracy"] if run is not None else None,
+            "our_accuracy_ci": run["accuracy_ci"] if run is not None else "",
+            "our_f1": run["f1"] if run is not None else None,
+            "our_auc": run["roc_auc"] if run is not None else None,
         })
-        theirs = reported[reported["backbone"] == run["backbone"]]
-        for _, paper in theirs.iterrows():
-            rows.append({
-                "backbone": run["backbone"], "source": f"paper {paper['study']} ({paper['slug']}, {paper['source']})",
-                "dataset": paper["dataset"], "classifier": paper["classifier"],
-                "setting": " ".join(_text(paper[key]) for key in ("optimiser", "split")).strip(),
-                "accuracy": paper["accuracy"], "recall": paper["recall"], "f1": paper["f1"], "roc_auc": paper["auc"],
-            })
-    return pd.DataFrame(rows, columns=["backbone", "source", "dataset", "classifier", "setting",
-                                       "accuracy", "recall", "f1", "roc_auc"])
+    return pd.DataFrame(rows)
 
 
 def comparison_title(entries: list[dict[str, Any]], profile: str) -> str:
@@ -108,22 +126,29 @@ def comparison_title(entries: list[dict[str, Any]], profile: str) -> str:
     ours = results_table(entries)
     datasets = ", ".join(sorted(set(ours["dataset"]))) if not ours.empty else "no runs"
     weights = ", ".join(sorted(set(ours["weights"]))) if not ours.empty else ""
-    return f"Accuracy: ours ({datasets} data, {profile} profile, {weights}) vs. the papers' (their data)"
+    return (f"Accuracy: ours ({datasets} data, {profile} profile, {weights})\n"
+            f"vs. the papers' (their data, as they report it)")
 
 
 def plot_comparison(table: pd.DataFrame, *, title: str = ""):
-    """Bar chart of accuracy per backbone: ours beside each paper's."""
+    """Bar chart of accuracy per reported (paper, backbone, optimiser): ours beside the paper's."""
     import seaborn as sns
 
     from helpers.figures import new_figure
 
-    fig = new_figure(figsize=(8, 3.5))
+    label = (table["paper"].str.removeprefix("paper ") + " " + table["backbone"] + " " + table["classifier"]
+             + table["optimiser"].map(lambda o: f" {o}" if o else ""))
+    long = pd.concat([
+        pd.DataFrame({"row": label, "accuracy": table["paper_accuracy"], "who": "paper (their data)"}),
+        pd.DataFrame({"row": label, "accuracy": table["our_accuracy"], "who": "ours"}),
+    ]).dropna(subset=["accuracy"])
+    fig = new_figure(figsize=(9, 3.8))
     ax = fig.subplots()
-    data = table.dropna(subset=["accuracy"]).assign(
-        who=lambda t: t["source"].str.split(" \\(").str[0])
-    if not data.empty:
-        sns.barplot(data=data, x="backbone", y="accuracy", hue="who", ax=ax, errorbar=None)
+    if not long.empty:
+        sns.barplot(data=long, x="row", y="accuracy", hue="who", ax=ax, errorbar=None)
         ax.legend(fontsize=8, loc="lower right")
+    ax.tick_params(axis="x", labelrotation=75, labelsize=7)
+    ax.set_xlabel("")
     ax.set_ylim(0, 1)
     ax.set_title(title or "Accuracy: ours vs. the papers' (theirs on their data)", fontsize=9)
     return fig
@@ -156,6 +181,18 @@ def _status_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "status", "seconds", "message"])
 
 
+def left_out_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
+    """Every image or label row a run left out (adapter exclusions and unreadable files), and why."""
+    rows = []
+    for entry in entries:
+        run = (entry["metrics"] or {}).get("run", {})
+        rows += [{"run": entry["name"], "item": item["item"], "stage": "dataset", "reason": item["reason"]}
+                 for item in run.get("excluded", [])]
+        rows += [{"run": entry["name"], "item": item["image_path"], "stage": "preprocessing",
+                  "reason": item["reason"]} for item in run.get("skipped", [])]
+    return pd.DataFrame(rows, columns=["run", "item", "stage", "reason"])
+
+
 def build_report(folder: Path | str, *, profile: str) -> Path:
     """Write ``index.md`` and ``index.html`` for the runs in ``folder``; return the HTML path."""
     folder = Path(folder)
@@ -186,7 +223,8 @@ def build_report(folder: Path | str, *, profile: str) -> Path:
         ("Our results (image level, test split)", ours_shown),
         ("95 % bootstrap confidence intervals (image level)", with_ci),
         ("Our results (patient level)", patients),
-        ("Ours beside the papers' (same backbone)", compare),
+        ("Ours beside the papers': every (paper, backbone, classifier, optimiser) they report", compare),
+        ("Left out: images and label rows not used, and why", left_out_table(entries)),
     ]
     figures = [("comparison", ["comparison.png"])] if (folder / "comparison.png").exists() else []
     figures += [(e["name"], [f"{e['name']}/{f}" for f in FIGURES if (e["dir"] / f).exists()]) for e in entries]

@@ -26,7 +26,7 @@ from typing import Callable, TextIO
 import yaml
 
 from helpers import paths
-from helpers.plan import PlannedRun, get_profile, load_plan, planned_runs
+from helpers.plan import DEFAULT_SUITE, PlannedRun, get_profile, load_plan, output_name, planned_runs
 
 RUN_FILE = "run.json"
 LOG_FILE = "log.txt"
@@ -140,15 +140,18 @@ def run_plan(
     only: list[str] | None = None,
     dataset: str | None = None,
     data_dir: str | None = None,
+    suite: str = DEFAULT_SUITE,
+    skip_bad: bool = False,
     force: bool = False,
     echo: Callable[[str], None] = print,
 ) -> tuple[list[RunOutcome], Path]:
-    """Run the plan for ``profile``; return the outcomes and the path of the summary page."""
+    """Run ``suite`` of the plan for ``profile``; return the outcomes and the summary page's path."""
     from helpers import reporting
 
     plan = load_plan()
     profile_settings = get_profile(profile, plan)
-    runs = planned_runs(profile, only=only, dataset=dataset, data_dir=data_dir, plan=plan)
+    runs = planned_runs(profile, only=only, dataset=dataset, data_dir=data_dir, suite=suite,
+                         skip_bad=skip_bad, plan=plan)
     ordered = [r for r in runs if not r.after_all] + [r for r in runs if r.after_all]
     outcomes: list[RunOutcome] = []
     for number, run in enumerate(ordered, start=1):
@@ -167,7 +170,8 @@ def run_plan(
         if outcome.status != "ok":
             echo(f"    full log: {outcome.run_dir / LOG_FILE}")
         outcomes.append(outcome)
-    index = reporting.build_report(paths.reports_dir() / profile, profile=profile)
+    folder = paths.reports_dir() / output_name(profile, dataset=dataset, suite=suite, plan=plan)
+    index = reporting.build_report(folder, profile=profile)
     return outcomes, index
 
 

@@ -195,3 +195,42 @@ def leaked_patients(manifest: pd.DataFrame) -> list[str]:
     """Patients whose images sit in more than one split (empty for a sound split)."""
     per_patient = manifest.groupby("patient_id")["split"].nunique()
     return sorted(per_patient.index[per_patient > 1])
+
+
+def magnification_split(
+    manifest: pd.DataFrame, *, test_magnification: str = "40X", test_size: float, val_size: float, seed: int
+) -> pd.DataFrame:
+    """A patient-level split that trains on the other magnifications and tests on one (BreakHis).
+
+    Paper 004 (Abu Al-Haija 2020) trains on the 100X/200X/400X images and tests on the 40X
+    images of the *same* patients, so every test patient's tissue was seen in training. Here
+    patients are first split with :func:`patient_split` (same arguments); then train and val keep
+    only their images *not* at ``test_magnification`` and test keeps only its images *at* it.
+    The other rows are dropped (test patients' other magnifications, train/val patients'
+    ``test_magnification`` images), so no patient appears in two splits and fewer images are used
+    than in the paper. Returns the kept rows with a ``split`` column, leak-checked.
+    """
+    if "magnification" not in manifest.columns:
+        raise ValueError("magnification_split needs a 'magnification' column (e.g. the BreakHis manifest)")
+    found = sorted(set(manifest["magnification"].astype(str)))
+    if test_magnification not in found:
+        raise ValueError(f"no image at test_magnification {test_magnification!r}; the manifest has {found}")
+    if len(found) < 2:
+        raise ValueError(f"every image is at {test_magnification}: nothing is left to train on")
+    result = patient_split(manifest, test_size=test_size, val_size=val_size, seed=seed)
+    result = restrict_by_magnification(result, test_magnification)
+    expected = [split for split in SPLITS if split != "val" or val_size > 0]
+    empty = [split for split in expected if not (result["split"] == split).any()]
+    if empty:
+        raise ValueError(f"magnification_split left split(s) {empty} empty: too few patients or images "
+                         f"at {test_magnification} / at the other magnifications")
+    check_no_leakage(result)
+    return result
+
+
+def restrict_by_magnification(split_manifest: pd.DataFrame, test_magnification: str = "40X") -> pd.DataFrame:
+    """Of a patient-level split, keep test images at ``test_magnification`` and train/val images
+    at any other magnification (see :func:`magnification_split`)."""
+    at_test_magnification = split_manifest["magnification"].astype(str) == test_magnification
+    keep = (split_manifest["split"] == "test") == at_test_magnification
+    return split_manifest[keep].reset_index(drop=True)

@@ -1,8 +1,14 @@
-"""Seeded, reproducible training: optimisers, ``train`` with checkpoints and a CSV history.
+"""Seeded, reproducible training: optimisers, losses, ``train`` with checkpoints and a CSV history.
 
 ``train`` feeds the data through :class:`ShuffledBatches`, a ``keras.utils.PyDataset`` whose
 batch order depends only on ``(seed, epoch)``, so the same seed gives bit-identical weights
-and history on the CPU, in one process or across processes.
+and history on the CPU, in one process or across processes. It can train in two phases
+(Keras' transfer-learning recipe): the head first with the base as built (usually frozen),
+then the unfrozen base at a lower learning rate.
+
+Labels are always given as integer class indices; ``train`` converts them to what the
+model's loss and output need (indices, one-hot rows, or a 0/1 float column for a one-unit
+sigmoid output).
 """
 
 from __future__ import annotations
@@ -17,12 +23,15 @@ import keras
 import numpy as np
 import pandas as pd
 
+from helpers.models import HEAD_LOSSES, find_backbone, head_name, output_kind, set_freeze
 from helpers.paths import atomic_path
 
 BEST_MODEL_FILE = "best.keras"
 HISTORY_FILE = "history.csv"
 Optimizer = keras.optimizers.Optimizer
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr")
+FINE_TUNE_LR_FACTOR = 0.1  # phase-two learning rate when none is given: a tenth of phase one's
+Augment = Callable[[np.ndarray, int], np.ndarray]
 
 
 def set_determinism(seed: int) -> None:
@@ -58,16 +67,74 @@ OPTIMISERS: dict[str, Callable[..., keras.optimizers.Optimizer]] = {
 }
 
 
+# Loss name -> Keras loss class. The label format follows from the name and the output:
+# "sparse_*" takes class indices, the others one-hot rows (or a 0/1 column for one sigmoid unit).
+LOSSES: dict[str, Callable[[], keras.losses.Loss]] = {
+    "sparse_categorical_crossentropy": keras.losses.SparseCategoricalCrossentropy,
+    "categorical_crossentropy": keras.losses.CategoricalCrossentropy,
+    "binary_crossentropy": keras.losses.BinaryCrossentropy,
+    "mse": keras.losses.MeanSquaredError,
+}
+_LOSS_ALIASES = {"mean_squared_error": "mse"}
+
+
+def default_loss(model: keras.Model) -> str:
+    """The loss of the model's head in its paper: MSE for paper004, else the matching
+    cross-entropy (binary for a one-unit sigmoid output, sparse categorical for softmax)."""
+    head = head_name(model)
+    if head in HEAD_LOSSES:
+        return HEAD_LOSSES[head]
+    return "binary_crossentropy" if output_kind(model) == "sigmoid" else (
+        "sparse_categorical_crossentropy")
+
+
+def resolve_loss(model: keras.Model, loss: str | None) -> str:
+    """``loss`` checked against ``LOSSES`` (None: ``default_loss``). Cross-entropy asked for a
+    one-unit sigmoid output is binary cross-entropy (the same objective), so it becomes that."""
+    if loss is None:
+        return default_loss(model)
+    loss = _LOSS_ALIASES.get(loss, loss)
+    if loss not in LOSSES:
+        raise KeyError(f"unknown loss {loss!r}; known: {', '.join(sorted(LOSSES))}")
+    if output_kind(model) == "sigmoid" and loss.endswith("categorical_crossentropy"):
+        return "binary_crossentropy"
+    return loss
+
+
 def compile_classifier(model: keras.Model, *, optimiser: str = "adam",
-                       learning_rate: float = 1e-3,
-                       loss: str = "sparse_categorical_crossentropy",
-                       weight_decay: float | None = None, momentum: float = 0.9) -> keras.Model:
-    """Compile ``model`` with a named optimiser and the accuracy metric; return it."""
+                       learning_rate: float = 1e-3, loss: str | None = None,
+                       weight_decay: float | None = None, momentum: float = 0.9,
+                       jit_compile: bool | str = False, run_eagerly: bool = False) -> keras.Model:
+    """Compile ``model`` with a named optimiser, loss and the accuracy metric; return it.
+
+    ``loss=None`` uses the head's own loss (``default_loss``); see ``resolve_loss``.
+    ``jit_compile`` is off by default: on a CPU, XLA-compiling a deep network takes longer than
+    a short run saves (pass ``"auto"`` on a GPU). ``run_eagerly=True`` skips graph tracing
+    altogether, which is faster for a run of a few steps (the smoke profile).
+    """
     if optimiser not in OPTIMISERS:
         raise KeyError(f"unknown optimiser {optimiser!r}; known: {', '.join(sorted(OPTIMISERS))}")
     model.compile(optimizer=OPTIMISERS[optimiser](learning_rate, weight_decay, momentum),
-                  loss=loss, metrics=["accuracy"])
+                  loss=resolve_loss(model, loss), metrics=["accuracy"], jit_compile=jit_compile,
+                  run_eagerly=run_eagerly)
     return model
+
+
+def _loss_name(model: keras.Model) -> str:
+    loss = model.loss
+    name = loss if isinstance(loss, str) else getattr(loss, "name", type(loss).__name__)
+    return _LOSS_ALIASES.get(name, name)
+
+
+def encode_labels(y: np.ndarray, model: keras.Model) -> np.ndarray:
+    """Integer class indices in the format the compiled ``model``'s loss and output need."""
+    y = np.asarray(y).astype(np.int64)
+    units = int(model.output_shape[-1])
+    if units == 1:
+        return y.astype("float32")[:, None]
+    if "sparse" in _loss_name(model):
+        return y
+    return np.eye(units, dtype="float32")[y]
 
 
 def class_weights(y: np.ndarray) -> dict[int, float]:
@@ -114,17 +181,20 @@ def _check_xy(x: np.ndarray, y: np.ndarray, what: str,
 class ShuffledBatches(keras.utils.PyDataset):
     """Training batches for ``epochs`` epochs in one stream, order seeded per epoch.
 
-    Batch ``k`` belongs to epoch ``k // steps``; its samples come from a permutation drawn
-    from ``numpy.random.default_rng([seed, epoch])``, so the stream does not depend on when
-    Keras prefetches. ``augmentation`` (a Keras layer) is applied to each batch.
+    Batch ``k`` belongs to epoch ``first_epoch + k // steps``; its samples come from a
+    permutation drawn from ``numpy.random.default_rng([seed, epoch])``, so the stream does not
+    depend on when Keras prefetches. ``augmentation`` (a Keras layer) is applied to each batch,
+    then ``augment(x, index)`` with ``index = epoch * steps + step`` (so a seeded augmentation
+    is reproducible); it must return an array of the batch's shape.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, *, batch_size: int, epochs: int,
-                 seed: int, augmentation: keras.layers.Layer | None = None) -> None:
+                 seed: int, augmentation: keras.layers.Layer | None = None,
+                 augment: Augment | None = None, first_epoch: int = 0) -> None:
         super().__init__(workers=1, use_multiprocessing=False)
         self.x, self.y = x, y
         self.batch_size, self.epochs, self.seed = batch_size, epochs, seed
-        self.augmentation = augmentation
+        self.augmentation, self.augment, self.first_epoch = augmentation, augment, first_epoch
         self.steps = math.ceil(len(x) / batch_size)
         self._orders: dict[int, np.ndarray] = {}
 
@@ -140,10 +210,17 @@ class ShuffledBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         epoch, step = divmod(int(index), self.steps)
+        epoch += self.first_epoch
         picked = self._order(epoch)[step * self.batch_size:(step + 1) * self.batch_size]
         x, y = self.x[picked], self.y[picked]
         if self.augmentation is not None:
             x = keras.ops.convert_to_numpy(self.augmentation(x, training=True)).astype(x.dtype)
+        if self.augment is not None:
+            augmented = np.asarray(self.augment(x, epoch * self.steps + step))
+            if augmented.shape != x.shape:
+                raise ValueError(f"augment returned shape {augmented.shape} for a batch of "
+                                 f"shape {x.shape}; it must keep the shape")
+            x = augmented.astype(x.dtype, copy=False)
         return x, y
 
 
@@ -156,14 +233,53 @@ class _LearningRateLog(keras.callbacks.Callback):
             logs["lr"] = float(keras.ops.convert_to_numpy(rate))
 
 
-def _history_frame(history: dict[str, list]) -> pd.DataFrame:
+def _history_frame(history: dict[str, list], first_epoch: int = 0) -> pd.DataFrame:
     frame = pd.DataFrame({key: np.asarray(values, dtype=np.float64)
                           for key, values in history.items()})
     if "learning_rate" in frame and "lr" not in frame:
         frame = frame.rename(columns={"learning_rate": "lr"})
-    frame.insert(0, "epoch", np.arange(1, len(frame) + 1))
+    frame.insert(0, "epoch", np.arange(first_epoch + 1, first_epoch + len(frame) + 1))
     ordered = [c for c in HISTORY_COLUMNS if c in frame]
     return frame[ordered + [c for c in frame if c not in ordered]]
+
+
+class _KeepBest(keras.callbacks.Callback):
+    """Keep, in memory, the weights of the epoch with the lowest finite ``val_loss`` so far.
+
+    (Keras' ModelCheckpoint would write the whole model with its optimiser state, hundreds of
+    megabytes for VGG, at every improvement.)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.best = np.inf
+        self.weights: list[np.ndarray] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        value = (logs or {}).get("val_loss")
+        if value is not None and np.isfinite(value) and value < self.best:
+            self.best = float(value)
+            self.weights = [np.array(w, copy=True) for w in self.model.get_weights()]
+
+
+def save_without_optimizer(model: keras.Model, path: Path | str) -> Path:
+    """Save ``model`` as ``.keras`` with its weights but no optimiser state (a third of the size
+    for Adam), through an uncompiled clone; reload with ``keras.saving.load_model``."""
+    clone = keras.Model.from_config(model.get_config())  # clone_model would keep the optimiser
+    clone.set_weights(model.get_weights())
+    clone.save(str(path))
+    return Path(path)
+
+
+def _fine_tune_optimiser(model: keras.Model, learning_rate: float) -> Optimizer:
+    """A fresh optimiser of the model's kind and settings at ``learning_rate``."""
+    config = model.optimizer.get_config()
+    config["learning_rate"] = learning_rate
+    return type(model.optimizer).from_config(config)
+
+
+def _current_learning_rate(model: keras.Model) -> float:
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
 def train(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
@@ -171,47 +287,84 @@ def train(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
           run_dir: Path, seed: int, class_weight: dict | None = None,
           early_stopping_patience: int | None = None,
           augmentation: keras.layers.Layer | None = None,
+          augment: Augment | None = None,
+          fine_tune_epochs: int = 0, fine_tune_learning_rate: float | None = None,
+          fine_tune_freeze: str | int = "none",
           verbose: int | str = 2) -> pd.DataFrame:
     """Fit a compiled ``model``; keep the best epoch (lowest ``val_loss``); return the history.
 
     Writes ``run_dir/best.keras`` (the best model, whose weights ``model`` ends with) and
     ``run_dir/history.csv`` (epoch numbered from 1, loss, accuracy, val_loss, val_accuracy,
     lr). Both appear only when training succeeds; a failure leaves ``run_dir`` untouched.
+    ``y_train``/``y_val`` are class indices, converted for the loss (``encode_labels``).
+
+    ``augment(x, index)`` (or the Keras layer ``augmentation``) changes training batches only,
+    never validation data; see :class:`ShuffledBatches`.
+
+    Two phases when ``fine_tune_epochs > 0`` (Keras' transfer-learning guide): after
+    ``epochs`` epochs with the model as built (e.g. ``freeze="base"``: head only), the best
+    weights so far are restored, the backbone is re-frozen with ``fine_tune_freeze`` ("none":
+    all trainable; N or "top-N"), the model recompiled with the same optimiser settings at
+    ``fine_tune_learning_rate`` (default a tenth of the first phase's), and trained for
+    ``fine_tune_epochs`` more epochs. The history then has a ``phase`` column (1, 2) and the
+    best checkpoint is the best of both phases. Early stopping applies to each phase.
     """
     if getattr(model, "optimizer", None) is None or not model.compiled:
         raise ValueError(f"model {model.name} is not compiled: call compile_classifier first")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    if fine_tune_epochs < 0:
+        raise ValueError(f"fine_tune_epochs must be >= 0, got {fine_tune_epochs}")
+    if fine_tune_epochs:
+        find_backbone(model)  # fail before training, not after phase one
     num_classes = int(model.output_shape[-1])
     x_train, y_train = _check_xy(x_train, y_train, "train", max(num_classes, 2))
     x_val, y_val = _check_xy(x_val, y_val, "val", max(num_classes, 2))
+    y_train, y_val = encode_labels(y_train, model), encode_labels(y_val, model)
     set_determinism(seed)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    batches = ShuffledBatches(x_train, y_train, batch_size=batch_size, epochs=epochs,
-                              seed=seed, augmentation=augmentation)
     work_dir = Path(tempfile.mkdtemp(prefix=".train-", dir=run_dir))
     try:
         best_path = work_dir / BEST_MODEL_FILE
-        callbacks: list[keras.callbacks.Callback] = [
-            _LearningRateLog(),
-            keras.callbacks.TerminateOnNaN(),
-            keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_loss",
-                                            save_best_only=True, verbose=0),
-        ]
-        if early_stopping_patience is not None:
-            callbacks.append(keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=early_stopping_patience))
-        fitted = model.fit(batches, steps_per_epoch=batches.steps, epochs=epochs,
-                           validation_data=(x_val, y_val), validation_batch_size=batch_size,
-                           class_weight=class_weight, callbacks=callbacks, verbose=verbose)
-        if not best_path.is_file():
-            raise RuntimeError(f"training {model.name} never reached a finite val_loss; "
-                               f"no best model was saved")
-        model.load_weights(str(best_path))
-        history = _history_frame(fitted.history)
+
+        keep_best = _KeepBest()
+
+        def fit(phase_epochs: int, first_epoch: int) -> pd.DataFrame:
+            batches = ShuffledBatches(x_train, y_train, batch_size=batch_size,
+                                      epochs=phase_epochs, seed=seed, augmentation=augmentation,
+                                      augment=augment, first_epoch=first_epoch)
+            callbacks: list[keras.callbacks.Callback] = [
+                _LearningRateLog(),
+                keras.callbacks.TerminateOnNaN(),
+                keep_best,
+            ]
+            if early_stopping_patience is not None:
+                callbacks.append(keras.callbacks.EarlyStopping(
+                    monitor="val_loss", patience=early_stopping_patience))
+            fitted = model.fit(batches, steps_per_epoch=batches.steps, epochs=phase_epochs,
+                               validation_data=(x_val, y_val), validation_batch_size=batch_size,
+                               class_weight=class_weight, callbacks=callbacks, verbose=verbose)
+            if keep_best.weights is None:
+                raise RuntimeError(f"training {model.name} never reached a finite val_loss; "
+                                   f"no best model was kept")
+            model.set_weights(keep_best.weights)
+            return _history_frame(fitted.history, first_epoch)
+
+        history = fit(epochs, 0)
+        if fine_tune_epochs:
+            rate = (fine_tune_learning_rate if fine_tune_learning_rate is not None
+                    else _current_learning_rate(model) * FINE_TUNE_LR_FACTOR)
+            set_freeze(model, fine_tune_freeze)
+            model.compile(optimizer=_fine_tune_optimiser(model, rate), loss=model.loss,
+                          metrics=["accuracy"], jit_compile=model.jit_compile,
+                          run_eagerly=model.run_eagerly)
+            second = fit(fine_tune_epochs, len(history))  # keep_best goes on from phase one's best
+            history = pd.concat([history.assign(phase=1), second.assign(phase=2)],
+                                ignore_index=True)
         with atomic_path(run_dir / HISTORY_FILE) as tmp:
             history.to_csv(tmp, index=False)
+        save_without_optimizer(model, best_path)
         with atomic_path(run_dir / BEST_MODEL_FILE) as tmp:
             shutil.move(best_path, tmp)
     finally:

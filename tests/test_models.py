@@ -42,6 +42,8 @@ def _batchnorm_statistics_move(model: keras.Model, x: np.ndarray) -> bool:
 
 def test_every_backbone_builds_and_outputs_probabilities():
     for name, spec in BACKBONES.items():
+        if spec.written_here:
+            continue  # built, run, saved and reloaded in test_custom_backbones_save_reload...
         size = max(32, spec.min_input_size)
         model = build_classifier(name, input_shape=(size, size, 3), num_classes=3, seed=1)
         assert model.name == f"{name}_paper000"
@@ -49,8 +51,9 @@ def test_every_backbone_builds_and_outputs_probabilities():
         proba = keras.ops.convert_to_numpy(model(_images(2, size), training=False))
         assert proba.shape == (2, 3), name
         np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5, err_msg=name)
-        assert spec.name == name and spec.imagenet_files and spec.weights_base_url
-        assert callable(spec.preprocess_input)
+        assert spec.name == name and callable(spec.preprocess_input)
+        assert bool(spec.imagenet_files) == bool(spec.weights_base_url)
+        assert bool(spec.imagenet_files) == (name not in ("alexnet", "googlenet"))
 
 
 def test_paper000_head_layers():
@@ -62,7 +65,7 @@ def test_paper000_head_layers():
     assert model.get_layer("paper000_output").activation.__name__ == "softmax"
     assert [model.get_layer(f"paper000_fc{i}").units for i in (1, 2)] == list(
         models.PAPER000_FC_UNITS)
-    assert set(HEADS) == {"paper000"}
+    assert set(HEADS) == {"paper000", "paper001", "paper002", "paper003", "paper004"}
 
 
 def test_default_input_shape_is_backbone_default():
@@ -122,7 +125,7 @@ def test_freeze_last_n_layers_keeps_batchnorm_frozen():
     assert not _batchnorm_statistics_move(model, _images(4, 32))
 
 
-@pytest.mark.parametrize("freeze", ["all", -1, 10_000, True, 1.5])
+@pytest.mark.parametrize("freeze", ["all", -1, 10_000, True, 1.5, "top-x", "top--1"])
 def test_bad_freeze_raises(freeze):
     with pytest.raises(ValueError, match="freeze"):
         build_classifier("vgg16", input_shape=(32, 32, 3), freeze=freeze)
@@ -229,3 +232,314 @@ def test_imagenet_weights_load_from_keras_cache(tmp_path, monkeypatch):
     with h5py.File(keras_home / "models" / MOBILENETV2_224, "r") as weights_file:
         expected = np.asarray(weights_file["Conv1"]["Conv1"]["kernel"])
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(conv.kernel), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# The three networks written here: AlexNet, SqueezeNet 1.1, GoogLeNet
+# ---------------------------------------------------------------------------------------------
+SQUEEZENET_FILE = SHARED_KERAS_CACHE / "models" / models.SQUEEZENET_IMAGENET_FILE
+
+
+@pytest.mark.parametrize("name, published", [
+    ("alexnet", 61_100_840),     # torchvision AlexNet_Weights.IMAGENET1K_V1 num_params
+    ("squeezenet", 1_235_496),   # torchvision SqueezeNet1_1_Weights.IMAGENET1K_V1 num_params
+    ("googlenet", 6_624_904),    # torchvision GoogLeNet_Weights.IMAGENET1K_V1 num_params (no aux)
+])
+def test_published_parameter_counts_with_imagenet_top(name, published):
+    assert models.count_parameters(name) == published == models.PUBLISHED_PARAMETERS[name]
+
+
+def test_parameter_counts_without_top_and_of_a_keras_network():
+    # SqueezeNet's top is conv10 alone: 512 * 1000 + 1000 parameters
+    assert models.count_parameters("squeezenet", include_top=False) == 1_235_496 - 513_000
+    # AlexNet's top is fc6, fc7, fc8 on the 6x6x256 features
+    top = (9216 * 4096 + 4096) + (4096 * 4096 + 4096) + (4096 * 1000 + 1000)
+    assert models.count_parameters("alexnet", include_top=False) == 61_100_840 - top
+    # batch-norm moving statistics are not counted: MobileNetV3Small's learnable weights only
+    built = keras.applications.MobileNetV3Small(weights=None, input_shape=(32, 32, 3),
+                                                include_top=False)
+    moving = sum(2 * l.moving_mean.shape[0] for l in built.layers
+                 if isinstance(l, keras.layers.BatchNormalization))
+    assert models.count_parameters("mobilenetv3small", include_top=False,
+                                   input_shape=(32, 32, 3)) == built.count_params() - moving
+
+
+@pytest.mark.parametrize("name, size, expected", [
+    ("alexnet", 227, (6, 6, 256)), ("alexnet", 224, (6, 6, 256)), ("alexnet", 63, (1, 1, 256)),
+    ("squeezenet", 227, (13, 13, 512)), ("squeezenet", 31, (1, 1, 512)),
+    ("googlenet", 224, (7, 7, 1024)), ("googlenet", 32, (1, 1, 1024)),
+])
+def test_feature_map_shapes(name, size, expected):
+    base = build_backbone(name, weights=None, input_shape=(size, size, 3))
+    assert tuple(base.output_shape[1:]) == expected and base.name == name
+
+
+@pytest.mark.parametrize("name, minimum", [("alexnet", 63), ("squeezenet", 31)])
+def test_minimum_input_is_exact(name, minimum):
+    assert BACKBONES[name].min_input_size == minimum
+    with pytest.raises(ValueError, match=str(minimum)):
+        build_backbone(name, weights=None, input_shape=(minimum - 1, minimum - 1, 3))
+    with pytest.raises(ValueError):  # the network itself cannot take it either
+        BACKBONES[name].constructor(input_shape=(minimum - 1, minimum - 1, 3))
+
+
+def test_architectures_follow_their_definitions():
+    alexnet = build_backbone("alexnet", weights=None, input_shape=(227, 227, 3))
+    convs = [l for l in alexnet.layers if isinstance(l, keras.layers.Conv2D)]
+    assert [(l.filters, l.kernel_size[0], l.strides[0]) for l in convs] == [
+        (64, 11, 4), (192, 5, 1), (384, 3, 1), (256, 3, 1), (256, 3, 1)]
+
+    googlenet = build_backbone("googlenet", weights=None, input_shape=(64, 64, 3))
+    concats = [l.name for l in googlenet.layers if isinstance(l, keras.layers.Concatenate)]
+    assert concats == [f"inception{k}_concat" for k in
+                       ("3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b")]
+    norms = [l for l in googlenet.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert len(norms) == 3 + 9 * 6 and all(l.epsilon == 0.001 for l in norms)
+    assert not any(isinstance(l, keras.layers.Dense) for l in googlenet.layers)  # no aux heads
+
+    squeezenet = build_backbone("squeezenet", weights=None, input_shape=(64, 64, 3))
+    with_weights = [l.name for l in squeezenet.layers if l.weights]
+    assert with_weights[0] == "conv1" and len(with_weights) == 1 + 8 * 3
+    assert {"fire2_squeeze1x1", "fire2_expand1x1", "fire2_expand3x3", "fire9_expand3x3",
+            "fire5_concat", "pool3", "pool5"} <= {l.name for l in squeezenet.layers}
+
+
+def test_preprocessing_modes():
+    x = np.full((1, 2, 2, 3), 255.0, dtype="float32")
+    torch_style = BACKBONES["alexnet"].preprocess_input(x.copy())
+    np.testing.assert_allclose(torch_style[0, 0, 0], (1 - np.array([0.485, 0.456, 0.406]))
+                               / np.array([0.229, 0.224, 0.225]), rtol=1e-5)
+    assert BACKBONES["googlenet"].preprocess_input is BACKBONES["alexnet"].preprocess_input
+    rgb = np.zeros((1, 1, 1, 3), dtype="float32")
+    rgb[..., 0] = 200.0  # red
+    caffe = BACKBONES["squeezenet"].preprocess_input(rgb)
+    np.testing.assert_allclose(caffe[0, 0, 0], [-103.939, -116.779, 200 - 123.68], rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["alexnet", "googlenet"])
+def test_imagenet_unavailable_says_so_without_network(name, tmp_path, monkeypatch):
+    def no_download(*args):
+        raise AssertionError("no download may be attempted")
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(models, "_download_imagenet_file", no_download)
+    with pytest.raises(WeightsUnavailableError) as caught:
+        build_classifier(name, weights="imagenet", input_shape=(64, 64, 3))
+    message = str(caught.value)
+    assert "no ImageNet weights" in message and "weights=None" in message
+    assert ".weights.h5" in message and BACKBONES[name].display_name in message
+    assert describe_weights("imagenet", name).startswith("imagenet (unavailable")
+    assert describe_weights("imagenet", "vgg16") == "imagenet"
+
+
+def test_squeezenet_imagenet_url_is_the_ports_release(tmp_path, monkeypatch):
+    requested = []
+
+    def record(file_name, url, models_dir):
+        requested.append((file_name, url, models_dir))
+        raise OSError("offline")
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(models, "_download_imagenet_file", record)
+    with pytest.raises(WeightsUnavailableError, match="offline"):
+        build_backbone("squeezenet", weights="imagenet", input_shape=(64, 64, 3))
+    assert requested == [(
+        "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "https://github.com/rcmalli/keras-squeezenet/releases/download/v1.0/"
+        "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5", tmp_path / "models")]
+
+
+def _write_legacy_h5(path: Path, model: keras.Model, *, drop: str = "",
+                     reshape: str = "") -> None:
+    """A Keras 2 style weights file (attrs layer_names / weight_names, "/" in names)."""
+    import h5py
+
+    with h5py.File(path, "w") as handle:
+        names = []
+        for layer in model.layers:
+            if layer.name == drop:
+                continue
+            legacy = layer.name.replace("_", "/", 1) if "fire" in layer.name else layer.name
+            names.append(legacy.encode())
+            group = handle.create_group(legacy)
+            weight_names = []
+            for index, weight in enumerate(layer.weights):
+                value = keras.ops.convert_to_numpy(weight)
+                if layer.name == reshape and index == 0:
+                    value = value[..., :-1]
+                key = f"{legacy}_1/{['kernel', 'bias'][index]}:0"
+                group.create_dataset(key, data=value)
+                weight_names.append(key.encode())
+            group.attrs["weight_names"] = weight_names
+        handle.attrs["layer_names"] = names
+        handle.attrs["backend"] = b"tensorflow"
+
+
+def test_legacy_h5_loader_assigns_by_name_and_reports_problems(tmp_path):
+    keras.utils.set_random_seed(1)
+    source = build_backbone("squeezenet", weights=None, input_shape=(32, 32, 3))
+    path = tmp_path / "legacy.h5"
+    _write_legacy_h5(path, source)
+    keras.utils.set_random_seed(2)
+    loaded = build_backbone("squeezenet", weights=path, input_shape=(32, 32, 3))
+    for a, b in zip(source.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+    missing = tmp_path / "missing.h5"
+    _write_legacy_h5(missing, source, drop="fire4_expand3x3")
+    with pytest.raises(ValueError, match=r"missing\.h5.*fire4_expand3x3"):
+        build_backbone("squeezenet", weights=missing, input_shape=(32, 32, 3))
+    wrong = tmp_path / "wrong.h5"
+    _write_legacy_h5(wrong, source, reshape="fire7_squeeze1x1")
+    with pytest.raises(ValueError, match=r"wrong\.h5.*fire7_squeeze1x1.*shapes"):
+        models.load_h5_weights_by_name(source, wrong)
+    keras3 = tmp_path / "new.weights.h5"
+    source.save_weights(str(keras3))
+    with pytest.raises(ValueError, match="legacy"):
+        models.load_h5_weights_by_name(source, keras3)
+
+
+def test_squeezenet_imagenet_file_loads_layer_by_layer(tmp_path, monkeypatch):
+    if not SQUEEZENET_FILE.is_file():
+        pytest.skip(f"no offline SqueezeNet weights at {SQUEEZENET_FILE}")
+    h5py = pytest.importorskip("h5py")
+    (tmp_path / "models").mkdir()
+    shutil.copy(SQUEEZENET_FILE, tmp_path / "models")  # a copy, never a link
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+
+    base = build_backbone("squeezenet", weights="imagenet", input_shape=(227, 227, 3))
+    again = build_backbone("squeezenet", weights="imagenet", input_shape=(227, 227, 3))
+    checked = 0
+    with h5py.File(SQUEEZENET_FILE, "r") as handle:
+        for layer in base.layers:
+            if not layer.weights:
+                continue
+            group = handle[layer.name.replace("_", "/", 1)]
+            names = [n.decode() for n in group.attrs["weight_names"]]
+            for weight, name in zip(layer.weights, names):
+                np.testing.assert_array_equal(keras.ops.convert_to_numpy(weight), group[name])
+            checked += 1
+    assert checked == 25
+    x = BACKBONES["squeezenet"].preprocess_input(_images(2, 227, seed=3) * 127.5 + 127.5)
+    first = keras.ops.convert_to_numpy(base(x))
+    np.testing.assert_array_equal(first, keras.ops.convert_to_numpy(again(x)))
+    assert first.shape == (2, 13, 13, 512) and np.isfinite(first).all() and first.max() > 0
+
+
+@pytest.mark.parametrize("name, size", [("alexnet", 63), ("squeezenet", 32), ("googlenet", 32)])
+def test_custom_backbones_save_reload_and_weights_files(name, size, tmp_path):
+    model = build_classifier(name, input_shape=(size, size, 3), freeze="none", num_classes=3,
+                             seed=0)
+    assert model.name == f"{name}_paper000" and model.get_layer(name).name == name
+    x = _images(2, size)
+    expected = keras.ops.convert_to_numpy(model(x, training=False))
+    assert expected.shape == (2, 3)
+    np.testing.assert_allclose(expected.sum(axis=1), 1.0, rtol=1e-5)
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(reloaded(x, training=False)),
+                               expected, rtol=1e-6, atol=1e-7)
+    weights = tmp_path / f"{name}.weights.h5"
+    model.get_layer(name).save_weights(str(weights))
+    from_file = build_classifier(name, weights=weights, input_shape=(size, size, 3), seed=5)
+    for a, b in zip(model.get_layer(name).get_weights(),
+                    from_file.get_layer(name).get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Heads and freezing
+# ---------------------------------------------------------------------------------------------
+
+
+def _head_kinds(model: keras.Model) -> list[str]:
+    return [type(layer).__name__ for layer in model.layers[2:]]
+
+
+def test_paper001_head_replaces_the_last_layer():
+    squeeze = build_classifier("squeezenet", head="paper001", input_shape=(32, 32, 3),
+                               num_classes=3, seed=0)
+    conv10 = squeeze.get_layer("paper001_conv10")
+    assert conv10.filters == 3 and conv10.kernel_size == (1, 1)
+    assert _head_kinds(squeeze) == ["Dropout", "Conv2D", "Activation",
+                                    "GlobalAveragePooling2D", "Activation"]
+    assert squeeze.get_layer("paper001_output").activation.__name__ == "softmax"
+
+    alex = build_classifier("alexnet", head="paper001", input_shape=(63, 63, 3), num_classes=3,
+                            seed=0)
+    assert [alex.get_layer(f"paper001_fc{i}").units for i in (6, 7)] == [4096, 4096]
+    assert alex.get_layer("paper001_output").units == 3
+    other = build_classifier("mobilenetv3small", head="paper001", input_shape=(32, 32, 3),
+                             seed=0)
+    assert _head_kinds(other) == ["GlobalAveragePooling2D", "Dense"]
+
+
+@pytest.mark.parametrize("backbone, units", [
+    ("vgg16", [384, 64]), ("mobilenetv3large", [256, 32]), ("resnet50v2", [256, 32, 32]),
+    ("squeezenet", [384, 64]),
+])
+def test_paper002_head_follows_the_reports_code(backbone, units):
+    features = keras.Input((2, 2, 8))  # the head alone: its layers depend on the backbone name
+    model = keras.Model(features, HEADS["paper002"](features, num_classes=2, seed=0,
+                                                    backbone=backbone), name="x_paper002")
+    dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
+    assert [l.units for l in dense] == units + [1]
+    assert dense[-1].name == "paper002_sigmoid" and dense[-1].activation.__name__ == "sigmoid"
+    rates = [l.rate for l in model.layers if isinstance(l, keras.layers.Dropout)]
+    assert rates == ([0.4, 0.3, 0.2] if len(units) == 2 else [0.4, 0.2])
+    assert models.output_kind(model) == "sigmoid" and models.head_name(model) == "paper002"
+    three = HEADS["paper002"](features, num_classes=3, backbone=backbone)
+    assert tuple(three.shape) == (None, 3)
+
+
+def test_paper002_classifier_outputs_one_probability():
+    model = build_classifier("squeezenet", head="paper002", input_shape=(32, 32, 3), seed=0)
+    assert model.output_shape == (None, 1) and model.name == "squeezenet_paper002"
+    assert model.get_layer("paper002_fc1").units == 384
+
+
+def test_paper003_and_paper004_heads():
+    three = build_classifier("squeezenet", head="paper003", input_shape=(32, 32, 3),
+                             num_classes=3, seed=0)
+    assert three.output_shape == (None, 3) and models.output_kind(three) == "softmax"
+    assert _head_kinds(three) == ["GlobalAveragePooling2D"] + [
+        "Dense", "BatchNormalization", "Activation", "Dropout"] * 2 + ["Dense"]
+
+    binary = build_classifier("squeezenet", head="paper004", input_shape=(32, 32, 3), seed=0)
+    assert _head_kinds(binary) == ["GlobalAveragePooling2D", "Dense", "Dropout", "Activation",
+                                   "Dense"]
+    assert binary.get_layer("paper004_fc").units == 1024
+    assert binary.get_layer("paper004_dropout").rate == 0.4
+    assert binary.get_layer("paper004_sigmoid").units == 1 and binary.output_shape == (None, 1)
+    proba = keras.ops.convert_to_numpy(binary(_images(3, 32), training=False))
+    assert ((proba > 0) & (proba < 1)).all()
+    wider = build_classifier("squeezenet", head="paper004", input_shape=(32, 32, 3),
+                             num_classes=3, seed=0)
+    assert wider.get_layer("paper004_output").units == 3  # more classes: softmax instead
+
+
+def test_freeze_top_n_string_equals_int_and_set_freeze_refreezes():
+    by_int = build_classifier("squeezenet", input_shape=(32, 32, 3), freeze=4, seed=0)
+    by_text = build_classifier("squeezenet", input_shape=(32, 32, 3), freeze="top-4", seed=0)
+    flags = [l.trainable for l in by_int.get_layer("squeezenet").layers]
+    assert flags == [l.trainable for l in by_text.get_layer("squeezenet").layers]
+    assert sum(flags) == 4 and flags[-4:] == [True] * 4
+    base = models.find_backbone(by_text)
+    assert base.name == "squeezenet"
+    models.set_freeze(by_text, "none")
+    assert all(l.trainable for l in base.layers)
+    models.set_freeze(by_text, "base")
+    assert base.trainable_weights == [] and by_text.trainable_weights
+    with pytest.raises(ValueError, match="no nested backbone"):
+        models.find_backbone(keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)]))
+
+
+def test_outputs_stay_float32_under_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        for head in ("paper000", "paper001", "paper004"):
+            model = build_classifier("squeezenet", head=head, input_shape=(32, 32, 3), seed=0)
+            assert model.layers[-1].compute_dtype == "float32", head
+            assert model.get_layer("squeezenet").layers[1].compute_dtype == "float16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

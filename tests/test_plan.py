@@ -69,3 +69,43 @@ def test_errors_name_the_problem(tmp_path):
     bad.write_text("profiles: [\n")
     with pytest.raises(ValueError, match="study.yaml"):
         plan.load_plan(bad)
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])
+def test_dry_run_lists_every_run_with_resolved_settings(profile, capsys):
+    from helpers.__main__ import main
+
+    assert main(["run", "--profile", profile, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    runs = plan.planned_runs(profile)
+    for run in runs:
+        assert f"{run.name}: {run.notebook.name}" in out
+    resolved = [line for line in out.splitlines() if line.strip().startswith("resolved:")]
+    assert len(resolved) == sum("BACKBONE" in run.parameters for run in runs) == 16
+    for study, backbone, optimiser in [("001", "alexnet", "sgdm"), ("001", "squeezenet", "adam"),
+                                       ("004", "resnet50", "rmsprop")]:
+        assert any(f"study={study}, backbone={backbone}," in line and f"optimiser={optimiser}," in line
+                   for line in resolved), (study, backbone, optimiser)
+    if profile == "paper":  # the papers' own settings, ImageNet where Keras has it
+        assert any("study=004" in l and "image_size=(96, 144)" in l and "loss=mse" in l
+                   and "split=by-magnification" in l and "weights=imagenet" in l for l in resolved)
+        assert any("study=001, backbone=alexnet" in l and "weights=None" in l and "batch_size=128" in l
+                   for l in resolved)
+        assert any("study=000" in l and "offline_expansion=8" in l and "augmentation=paper000" in l
+                   for l in resolved)
+    else:  # scaled down: square inputs of the profile, AlexNet raised to its minimum
+        size = plan.get_profile(profile)["image_size"]
+        assert any("backbone=alexnet" in l and "image_size=(63, 63)" in l for l in resolved)
+        assert any("backbone=vgg16" in l and f"image_size=({size}, {size})" in l for l in resolved)
+
+
+def test_every_reported_row_of_the_papers_has_a_run_in_the_plan():
+    from helpers import studies
+
+    runs = [plan.settings_for_run(run) for run in plan.planned_runs("paper")]
+    planned = {(s.study, s.backbone, s.optimiser) for s in runs if s is not None}
+    reported = studies.reported_table()
+    network = reported[reported["classifier"].isin(["softmax", "sigmoid"]) & (reported["backbone"] != "convnet")]
+    for row in network.itertuples():
+        optimisers = [row.optimiser] if isinstance(row.optimiser, str) else ["adam", "sgdm", "rmsprop"]
+        assert any((row.study, row.backbone, o) in planned for o in optimisers), (row.study, row.backbone)

@@ -425,3 +425,119 @@ def test_failed_cache_write_leaves_no_file(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(OSError, match="disk full"):
         pp.prepare_arrays(manifest, "minimal", image_size=16, cache_dir=tmp_path / "c")
     assert list((tmp_path / "c").iterdir()) == []
+
+
+# ------------------------------------------------------------------ resize methods, colour, presets 001-004
+
+
+def test_each_resize_method_has_its_own_result() -> None:
+    step = np.array([[0, 0, 1, 1]] * 4, np.float32)  # a sharp edge, enlarged threefold
+    up = {method: pp.resize(step, (4, 12), method=method)[0] for method in pp.RESIZE_METHODS}
+    assert set(np.unique(up["nearest"])) == {0.0, 1.0}  # copies pixels, invents no values
+    assert np.isclose(up["bilinear"].min(), 0) and np.isclose(up["bilinear"].max(), 1)
+    assert ((up["bilinear"] > 0.1) & (up["bilinear"] < 0.9)).sum() >= 2  # a ramp across the edge
+    assert up["bicubic"].min() < -0.05 and up["bicubic"].max() > 1.05  # cubic overshoot (ringing)
+    noise = np.random.default_rng(11).random((6, 6)).astype(np.float32)
+    blocks = noise.reshape(2, 3, 2, 3).mean(axis=(1, 3))
+    assert np.allclose(pp.resize(noise, 2, method="area"), blocks, atol=1e-6)  # area = block means
+    assert set(pp.resize(noise, 2, method="nearest").ravel()) <= set(noise.ravel())
+    assert not np.allclose(pp.resize(noise, 2, method="bilinear"), blocks, atol=1e-3)
+
+
+def colour_image(h: int = 46, w: int = 70, seed: int = 0) -> np.ndarray:
+    """uint8 RGB 'histology-like' image: pink background with purple blobs (channels differ)."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:] = (230, 180, 200)
+    for _ in range(6):
+        cv2.circle(img, (int(rng.integers(0, w)), int(rng.integers(0, h))), 6, (120, 60, 160), -1)
+    return img
+
+
+def test_grey_only_steps_refuse_colour_and_accept_grey_copies() -> None:
+    colour = pp.to_float(colour_image())
+    assert pp.is_colour(colour) and not pp.is_colour(pp.grey_to_rgb(colour[:, :, 0]))
+    for step in (pp.otsu_crop, pp.remove_artefacts):
+        with pytest.raises(ValueError, match=f"{step.__name__}: expects a grey mammogram.*colour"):
+            step(colour)
+    breast, _ = make_breast(64, seed=1)
+    grey3 = pp.grey_to_rgb(pp.to_float(breast))
+    assert pp.otsu_crop(grey3).shape[2] == 3 and pp.remove_artefacts(grey3).shape == grey3.shape
+    for step in (pp.median_filter, pp.gaussian_filter, pp.bilateral_filter, pp.clahe, pp.downscale,
+                 pp.contrast_stretch, pp.scale_01,
+                 pp.zero_mean, pp.mean_normalisation, pp.grey_to_rgb):
+        assert step(colour).shape == colour.shape, step.__name__
+    assert np.array_equal(pp.grey_to_rgb(colour), colour)
+
+
+def test_mean_normalisation_centres_without_scaling() -> None:
+    img = np.random.default_rng(12).random((20, 20)).astype(np.float32) * 0.4 + 0.3
+    out = pp.mean_normalisation(img)
+    assert abs(float(out.mean())) < 1e-6 and np.isclose(out.std(), img.std(), rtol=1e-5)
+    assert pp.STEPS["mean_normalisation"] is pp.mean_normalisation
+
+
+def test_paper_presets_001_to_004() -> None:
+    from helpers import studies
+
+    assert {"paper001", "paper002", "paper003", "paper004"} <= set(pp.PRESETS)
+    assert [pp.PRESETS[f"paper00{i}"].color for i in range(5)] == [False, False, True, False, True]
+    breast, _ = make_breast(128, seed=5)
+    out001 = pp.apply_preset(breast, "paper001", image_size=32)
+    assert out001.shape == (32, 32, 3) and out001.min() == 0 and out001.max() == 1  # stretched to [0, L]
+    out003 = pp.apply_preset(breast, "paper003", image_size=32)
+    assert abs(float(out003.mean())) < 1e-5 and out003.std() < 0.5  # centred, not divided by std
+    assert [s.name for s in pp.PRESETS["paper003"].steps][-1] == pp.PAPER003_NORMALISATION
+    decimal = pp.paper003_preset("decimal_scaling")
+    assert decimal.name == "paper003-decimal_scaling" and decimal.name not in pp.PRESETS
+    eight_bit = (pp.to_float(breast) * 255).astype(np.uint8)
+    out_decimal = pp.apply_preset(eight_bit, decimal, image_size=32)
+    assert 0 <= out_decimal.min() and out_decimal.max() <= 0.255 + 1e-6  # 255 / 10**3
+    named = studies.get_study("003").recipe.preprocessing_params["normalisation"]
+    assert set(pp.PAPER003_NORMALISATIONS) == set(named)
+    with pytest.raises(ValueError, match="z_score"):
+        pp.paper003_preset("z_score")
+    colour = colour_image()
+    size004 = studies.get_study("004").recipe.input_size  # (height, width): landscape
+    assert size004[1] > size004[0]
+    out004 = pp.apply_preset(colour, "paper004", image_size=size004)
+    assert out004.shape == (*size004, 3) and pp.is_colour(out004)
+    assert set(np.unique(out004)) <= set(np.unique(pp.to_float(colour)))  # nearest, divided by 255
+    out002 = pp.apply_preset(colour, "paper002", image_size=24)
+    assert out002.shape == (24, 24, 3) and pp.is_colour(out002) and 0 <= out002.min() and out002.max() <= 1
+    for name in ("paper001", "paper002", "paper003", "paper004"):
+        assert pp.PRESETS[name].study == name[-3:] and "Chosen here" in pp.PRESETS[name].description
+
+
+def test_prepare_arrays_reads_colour_for_colour_presets(tmp_path: Path) -> None:
+    paths = []
+    for index in range(2):
+        path = tmp_path / f"slide{index}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(colour_image(seed=index), cv2.COLOR_RGB2BGR))
+        paths.append(str(path))
+    manifest = pd.DataFrame({"image_path": paths, "roi": ["", ""], "label": [0, 1]})
+    colour = pp.prepare_arrays(manifest, "paper002", image_size=(16, 24), cache_dir=tmp_path / "c")
+    assert colour.x.shape == (2, 16, 24, 3) and all(pp.is_colour(img) for img in colour.x)
+    expected = pp.apply_preset(pp.read_image(paths[0], color=True), "paper002", image_size=(16, 24))
+    assert np.array_equal(colour.x[0], expected)
+    grey_twin = pp.Preset("paper002", pp.PRESETS["paper002"].steps, "same steps, read grey")
+    grey = pp.prepare_arrays(manifest, grey_twin, image_size=(16, 24), cache_dir=tmp_path / "c")
+    assert not grey.from_cache and grey.cache_file != colour.cache_file
+    assert not any(pp.is_colour(img) for img in grey.x)
+    assert pp.cache_key(manifest, grey_twin, image_size=8) != pp.cache_key(manifest, "paper002", image_size=8)
+
+
+def test_preset_value_range_matches_outputs() -> None:
+    breast, _ = make_breast(96, seed=6)
+    for name in pp.PRESETS:
+        out = pp.apply_preset(breast, name, image_size=24)
+        value_range = pp.preset_value_range(name)
+        if value_range is None:
+            assert out.min() < 0  # zero-mean kinds
+        else:
+            assert value_range[0] <= out.min() and out.max() <= value_range[1]
+    assert pp.preset_value_range("paper000") is None and pp.preset_value_range("paper001") == (0.0, 1.0)
+    bicubic = pp.Preset("b", (pp.Step("to_float"), pp.Step("resize", {"method": "bicubic"}),
+                              pp.Step("grey_to_rgb")), "bicubic overshoots")
+    assert pp.preset_value_range(bicubic) is None
+    assert pp.preset_value_range(pp.paper003_preset("decimal_scaling")) is None

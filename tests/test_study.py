@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT
-from helpers import evaluation, runner
+from helpers import evaluation, plan, runner
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9]*.ipynb"))
-TRAINING_RUNS = ("tl_mobilenetv2", "tl_resnet50", "tl_vgg16")
+ALL_RUNS = tuple(run.name for run in plan.load_plan().runs if "study" in run.suites)
+TRAINING_RUNS = tuple(name for name in ALL_RUNS if name.startswith("tl_"))
+RERUN = ("tl_000_mobilenetv2", "tl_001_squeezenet_sgdm", "tl_004_resnet50")  # one per kind of head
 
 
 def run_smoke(folder: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -41,7 +43,8 @@ def test_smoke_study_runs_every_notebook_and_writes_the_report(smoke_study):
     profile_dir = folder / "reports" / "smoke"
     index = profile_dir / "index.html"
     assert f"report: {index}" in result.stdout
-    for run in ("data_preparation", *TRAINING_RUNS, "results"):
+    assert len(TRAINING_RUNS) == 16, TRAINING_RUNS
+    for run in ALL_RUNS:
         status = json.loads((profile_dir / run / "run.json").read_text())
         assert status["status"] == "ok", status
         assert list((profile_dir / run).glob("*.ipynb")), f"{run}: no executed notebook"
@@ -49,7 +52,7 @@ def test_smoke_study_runs_every_notebook_and_writes_the_report(smoke_study):
         metrics = evaluation.read_metrics_json(profile_dir / run / "metrics.json")
         assert metrics["schema_version"] == evaluation.METRICS_SCHEMA_VERSION
         assert metrics["run"]["profile"] == "smoke" and metrics["run"]["dataset"] == "synthetic"
-        assert metrics["run"]["weights"] and metrics["run"]["backbone"] == run.removeprefix("tl_")
+        assert metrics["run"]["weights"] and run.startswith(f"tl_{metrics['run']['study']}_{metrics['run']['backbone']}")
         assert 0.0 <= metrics["image_level"]["accuracy"]["value"] <= 1.0
         for figure in ("history.png", "confusion_matrix.png", "roc.png"):
             assert (profile_dir / run / figure).stat().st_size > 1000
@@ -61,9 +64,9 @@ def test_smoke_study_runs_every_notebook_and_writes_the_report(smoke_study):
 
 def test_smoke_study_twice_gives_byte_identical_metrics(smoke_study, tmp_path):
     first, _ = smoke_study
-    result = run_smoke(tmp_path, "--only", *TRAINING_RUNS)
+    result = run_smoke(tmp_path, "--only", *RERUN)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    for run in TRAINING_RUNS:
+    for run in RERUN:
         a = (first / "reports" / "smoke" / run / "metrics.json").read_bytes()
         b = (tmp_path / "reports" / "smoke" / run / "metrics.json").read_bytes()
         assert a == b, f"{run}: metrics.json differs between two smoke runs"
@@ -71,7 +74,7 @@ def test_smoke_study_twice_gives_byte_identical_metrics(smoke_study, tmp_path):
 
 def test_unchanged_runs_are_skipped(smoke_study):
     folder, _ = smoke_study
-    result = run_smoke(folder, "--only", "tl_mobilenetv2")
+    result = run_smoke(folder, "--only", "tl_000_mobilenetv2")
     assert result.returncode == 0, result.stdout[-4000:]
     assert "unchanged since the last run, skipped" in result.stdout
 
@@ -91,8 +94,8 @@ def test_notebook_outputs_match_nbval(smoke_study, notebook):
 def test_every_notebook_has_one_parameters_cell_and_stored_outputs():
     import nbformat
 
-    assert [n.name for n in NOTEBOOKS] == ["01_data_preparation.ipynb", "03_transfer_learning.ipynb",
-                                           "06_results.ipynb"]
+    assert [n.name for n in NOTEBOOKS] == ["01_data_preparation.ipynb", "02_augmentation.ipynb",
+                                           "03_transfer_learning.ipynb", "06_results.ipynb"]
     for path in NOTEBOOKS:
         notebook = nbformat.read(path, as_version=4)
         code = [c for c in notebook.cells if c.cell_type == "code"]

@@ -14,11 +14,17 @@ import pytest
 
 from helpers.models import build_classifier
 from helpers.training import (
+    BEST_MODEL_FILE,
+    HISTORY_FILE,
+    LOSSES,
     OPTIMISERS,
     ShuffledBatches,
     class_weights,
     compile_classifier,
+    default_loss,
+    encode_labels,
     predict_proba,
+    resolve_loss,
     set_determinism,
     train,
 )
@@ -121,13 +127,15 @@ def test_training_is_deterministic_across_processes(tmp_path):
 
 def test_paper000_classifier_trains_head_only_with_frozen_base(tmp_path):
     def classifier():
-        model = build_classifier("vgg16", input_shape=(SIZE, SIZE, 3), freeze="base", seed=0)
+        model = build_classifier("squeezenet", input_shape=(SIZE, SIZE, 3), freeze="base",
+                                 seed=0)
         return compile_classifier(model, learning_rate=1e-3)
 
     model, history, proba = run_once(tmp_path, epochs=1, make_model=classifier)
     assert len(history) == 1 and np.isfinite(proba).all()
     fresh = classifier()
-    for a, b in zip(model.get_layer("vgg16").get_weights(), fresh.get_layer("vgg16").get_weights()):
+    for a, b in zip(model.get_layer("squeezenet").get_weights(),
+                    fresh.get_layer("squeezenet").get_weights()):
         np.testing.assert_array_equal(a, b)  # freeze="base": the backbone did not move
     assert not np.array_equal(model.get_layer("paper000_fc1").get_weights()[0],
                               fresh.get_layer("paper000_fc1").get_weights()[0])
@@ -255,3 +263,156 @@ def test_set_determinism_reseeds_numpy():
     first = np.random.rand(3)
     set_determinism(11)
     np.testing.assert_array_equal(first, np.random.rand(3))
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses and label formats, sigmoid heads, two-phase training, the augment hook
+# ---------------------------------------------------------------------------------------------
+
+
+def tiny_head_model(head: str, units: int, seed: int = 0) -> keras.Model:
+    """A small CNN ending like a ``build_classifier`` head (name and output layer)."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    if units == 1:
+        outputs = keras.layers.Dense(1, activation="sigmoid", name=f"{head}_sigmoid")(x)
+    else:
+        outputs = keras.layers.Dense(units, activation="softmax", name=f"{head}_output")(x)
+    return keras.Model(inputs, outputs, name=f"tiny_{head}")
+
+
+def test_losses_registry_defaults_and_label_formats():
+    assert set(LOSSES) == {"sparse_categorical_crossentropy", "categorical_crossentropy",
+                           "binary_crossentropy", "mse"}
+    sigmoid_mse = tiny_head_model("paper004", 1)
+    sigmoid_bce = tiny_head_model("paper002", 1)
+    softmax = tiny_head_model("paper003", 3)
+    assert default_loss(sigmoid_mse) == "mse"
+    assert default_loss(sigmoid_bce) == "binary_crossentropy"
+    assert default_loss(softmax) == "sparse_categorical_crossentropy"
+    assert resolve_loss(sigmoid_bce, "sparse_categorical_crossentropy") == "binary_crossentropy"
+    assert resolve_loss(softmax, "mean_squared_error") == "mse"
+    with pytest.raises(KeyError, match="binary_crossentropy"):
+        resolve_loss(softmax, "hinge9")
+
+    y = np.array([0, 1, 1, 0])
+    compile_classifier(sigmoid_mse, optimiser="rmsprop")
+    assert sigmoid_mse.loss == "mse"
+    encoded = encode_labels(y, sigmoid_mse)
+    assert encoded.dtype == np.float32 and encoded.shape == (4, 1)
+    np.testing.assert_array_equal(encoded[:, 0], y)
+    compile_classifier(softmax, loss="categorical_crossentropy")
+    np.testing.assert_array_equal(encode_labels(np.array([2, 0]), softmax),
+                                  [[0, 0, 1], [1, 0, 0]])
+    compile_classifier(softmax, loss="mse")
+    assert encode_labels(np.array([1]), softmax).shape == (1, 3)
+    compile_classifier(softmax)
+    np.testing.assert_array_equal(encode_labels(np.array([2, 0]), softmax), [2, 0])
+
+
+def test_sigmoid_binary_crossentropy_learns_with_class_weights(tmp_path):
+    x, y = bright_dark(16, seed=1)
+
+    def run(run_dir: Path, **options) -> pd.DataFrame:
+        model = compile_classifier(tiny_head_model("paper002", 1), learning_rate=5e-2)
+        assert model.loss == "binary_crossentropy"
+        return train(model, x, y, x, y, epochs=2, batch_size=8, run_dir=run_dir, seed=0,
+                     verbose=0, **options)
+
+    plain = run(tmp_path / "a")
+    assert plain["val_accuracy"].iloc[-1] >= 0.9
+    weighted = run(tmp_path / "b", class_weight={0: 1.0, 1: 4.0})
+    assert weighted["loss"].iloc[0] != plain["loss"].iloc[0]
+
+
+def test_softmax_head_with_one_hot_loss_trains(tmp_path):
+    x, y = bright_dark(16, seed=1)
+    model = compile_classifier(tiny_head_model("paper003", 2), loss="categorical_crossentropy",
+                               learning_rate=5e-2)
+    history = train(model, x, y, x, y, epochs=2, batch_size=8, run_dir=tmp_path, seed=0,
+                    verbose=0)
+    assert history["val_accuracy"].iloc[-1] >= 0.9
+
+
+def test_two_phase_training_of_a_sigmoid_head(tmp_path):
+    """paper004 on SqueezeNet end to end: one sigmoid unit trained with MSE on 0/1 labels,
+    head first (base frozen), then fine-tuning; one history, the best checkpoint kept."""
+    x_train, y_train = bright_dark(16, seed=1)
+    x_val, y_val = bright_dark(8, seed=2)
+    model = build_classifier("squeezenet", head="paper004", input_shape=(SIZE, SIZE, 3),
+                             freeze="base", seed=0)
+    compile_classifier(model, optimiser="sgdm", learning_rate=1e-2, momentum=0.8)
+    assert model.loss == "mse"
+    history = train(model, x_train, y_train, x_val, y_val, epochs=2, batch_size=8,
+                    run_dir=tmp_path, seed=0, verbose=0, fine_tune_epochs=1,
+                    fine_tune_freeze="top-8")
+    assert history["epoch"].tolist() == [1, 2, 3] and history["phase"].tolist() == [1, 1, 2]
+    assert history["lr"].tolist() == pytest.approx([1e-2, 1e-2, 1e-3])
+    assert np.isfinite(history[["loss", "val_loss"]].to_numpy()).all()
+    on_disk = pd.read_csv(tmp_path / HISTORY_FILE)
+    assert list(on_disk.columns) == list(history.columns) and "phase" in on_disk.columns
+    assert isinstance(model.optimizer, keras.optimizers.SGD)
+    assert model.optimizer.momentum == pytest.approx(0.8) and model.loss == "mse"
+    base = model.get_layer("squeezenet")
+    assert sum(layer.trainable for layer in base.layers) == 8  # phase two's freeze
+
+    proba = predict_proba(model, x_val)
+    assert proba.shape == (8, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    best = keras.saving.load_model(tmp_path / BEST_MODEL_FILE)
+    assert best.get_layer("paper004_sigmoid").units == 1
+    np.testing.assert_allclose(predict_proba(best, x_val), proba, rtol=1e-6)
+    loss_now = model.evaluate(x_val, encode_labels(y_val, model), batch_size=8, verbose=0,
+                              return_dict=True)["loss"]
+    assert loss_now == pytest.approx(history["val_loss"].min(), rel=1e-4)
+
+    fresh = build_classifier("squeezenet", input_shape=(SIZE, SIZE, 3), seed=0)
+    moved = {layer.name: not all(np.array_equal(a, b) for a, b in zip(
+        layer.get_weights(), fresh.get_layer("squeezenet").get_layer(layer.name).get_weights()))
+        for layer in base.layers if layer.weights}
+    assert not any(moved[name] for name in moved if not base.get_layer(name).trainable)
+    if history["val_loss"].idxmin() == 2:  # the best epoch is a fine-tuned one
+        assert any(moved.values())
+
+
+def test_two_phase_needs_a_backbone_and_fails_before_writing(tmp_path):
+    x, y = bright_dark(8, seed=1)
+    with pytest.raises(ValueError, match="backbone"):
+        train(tiny_model(), x, y, x, y, epochs=1, batch_size=4, run_dir=tmp_path, seed=0,
+              fine_tune_epochs=1, verbose=0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_augment_hook_applies_to_training_batches_only_and_is_seeded(tmp_path):
+    calls: list[tuple[int, int]] = []
+
+    def flip(batch: np.ndarray, index: int) -> np.ndarray:
+        calls.append((len(batch), index))
+        rng = np.random.default_rng(index)
+        return np.where(rng.random((len(batch), 1, 1, 1)) < 0.5, batch[:, :, ::-1], batch)
+
+    x, y = bright_dark(24, seed=1)
+    x_val, y_val = bright_dark(4, seed=2)
+
+    def run(run_dir: Path) -> pd.DataFrame:
+        return train(tiny_model(), x, y, x_val, y_val, epochs=2, batch_size=8, run_dir=run_dir,
+                     seed=0, augment=flip, verbose=0)
+
+    first = run(tmp_path / "a")
+    # 3 steps x 2 epochs, never the 4 validation images (Keras may fetch batch 0 twice)
+    assert set(calls) == {(8, index) for index in range(6)}
+    calls.clear()
+    pd.testing.assert_frame_equal(first, run(tmp_path / "b"))
+    plain = train(tiny_model(), x, y, x_val, y_val, epochs=2, batch_size=8,
+                  run_dir=tmp_path / "c", seed=0, verbose=0)
+    assert not first["loss"].equals(plain["loss"])  # the flips changed the batches
+
+    batches = ShuffledBatches(x, y, batch_size=8, epochs=1, seed=0, augment=flip,
+                              first_epoch=1)
+    assert batches[0][0].shape == (8, SIZE, SIZE, 3) and calls[-1] == (8, 3)  # epoch 1, step 0
+    bad = ShuffledBatches(x, y, batch_size=8, epochs=1, seed=0,
+                          augment=lambda batch, index: batch[:, :4])
+    with pytest.raises(ValueError, match="shape"):
+        bad[0]

@@ -384,3 +384,33 @@ def expand_offline(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, factor: 
                  for chunk, start in enumerate(range(0, len(x), OFFLINE_CHUNK))]
         copies.append(np.concatenate(parts) if parts else x[:0].copy())
     return np.concatenate(copies), np.tile(y, factor), np.tile(groups, factor)
+
+
+def augmented_patches(scheme: str, sources: dict[str, tuple[np.ndarray, tuple[float, float, float]]], *,
+                      size: int, seed: int, count: int = 7) -> dict[str, np.ndarray]:
+    """For each named ``(image, roi)``: the lesion patch prepared with the scheme's paper preset,
+    then ``count`` augmented versions (for :func:`helpers.figures.augmentation_grid`)."""
+    from helpers import preprocessing
+
+    preset = f"paper{get_scheme(scheme).study}"
+    augmenter = build_augmenter(scheme, image_size=size, seed=seed,
+                                value_range=preprocessing.preset_value_range(preset))
+    return {name: variants(preprocessing.apply_preset(image, preset, image_size=size, roi=roi), augmenter,
+                           count=count)
+            for name, (image, roi) in sources.items()}
+
+
+def expand_then_split(x: np.ndarray, patients: np.ndarray, labels: np.ndarray, *, factor: int,
+                      augmenter: "Augmenter", test_size: float, seed: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """What *not* to do, for the lesson: expand every image ``factor`` times, then split images at
+    random. Returns the expanded images and one row per image (``original``, ``patient_id``,
+    ``label``, ``split``, ``leaked``: a test image whose augmented sibling is in training)."""
+    from helpers import splits
+
+    expanded_x = np.concatenate([x] + [augmenter(x, step) for step in range(1, factor)])
+    table = pd.DataFrame({"original": np.tile(np.arange(len(x)), factor),
+                          "patient_id": np.tile(patients, factor), "label": np.tile(labels, factor)})
+    table = splits.naive_image_split(table, test_size=test_size, seed=seed)
+    in_train = set(table.loc[table["split"] == "train", "original"])
+    table["leaked"] = (table["split"] == "test") & table["original"].isin(in_train)
+    return expanded_x, table

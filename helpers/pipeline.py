@@ -33,16 +33,21 @@ class PreparedData:
     arrays_from_cache: bool
 
 
+def dataset_options(settings: RunSettings) -> dict[str, Any]:
+    """The adapter's options: the profile's, plus ``skip_bad`` for the papers' datasets."""
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.dataset_options.items()}
+    if settings.skip_bad and settings.dataset not in datasets.EMBEDDED_DATASETS:
+        options["skip_bad"] = True
+    return options
+
+
 def load_manifest(settings: RunSettings) -> pd.DataFrame:
     """The dataset's manifest restricted to the task's classes, with a `target` column.
 
     What was left out on the way (by the adapter, or for want of a lesson position when ROI
     patches are asked for) is in ``manifest.attrs["excluded"]`` as (item, reason) pairs.
     """
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.dataset_options.items()}
-    if settings.skip_bad and settings.dataset not in datasets.EMBEDDED_DATASETS:
-        options["skip_bad"] = True
-    loaded = datasets.load_with_exclusions(settings.dataset, settings.data_dir, **options)
+    loaded = datasets.load_with_exclusions(settings.dataset, settings.data_dir, **dataset_options(settings))
     manifest = datasets.select_task(loaded.manifest, settings.task)
     manifest = sample_patients(manifest, settings.max_patients, settings.seed)
     excluded = list(loaded.excluded)

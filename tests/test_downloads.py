@@ -79,15 +79,16 @@ class Server:
                         self.end_headers()
                         return
                 body = data[start:]
+                length = len(body)  # announced in full even when the connection is cut short
+                if owner.cut_after is not None:
+                    body, owner.cut_after = body[:owner.cut_after], None
+                entry.update(status=status, sent=len(body))  # before the client can see the bytes
                 self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(length))
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.end_headers()
-                if owner.cut_after is not None:
-                    body, owner.cut_after = body[:owner.cut_after], None
                 self.wfile.write(body)
-                entry.update(status=status, sent=len(body))
 
             def log_message(self, *args) -> None:
                 pass

@@ -109,3 +109,10 @@ def test_every_reported_row_of_the_papers_has_a_run_in_the_plan():
     for row in network.itertuples():
         optimisers = [row.optimiser] if isinstance(row.optimiser, str) else ["adam", "sgdm", "rmsprop"]
         assert any((row.study, row.backbone, o) in planned for o in optimisers), (row.study, row.backbone)
+
+
+def test_every_profile_says_what_it_scales_down_in_plain_sentences():
+    for name, profile in plan.load_plan().profiles.items():
+        items = profile.get("scaled_down") or []
+        assert all(isinstance(item, str) and item for item in items), (name, items)
+        assert bool(items) == (name != "paper"), name

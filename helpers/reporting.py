@@ -182,7 +182,8 @@ def _status_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def left_out_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
-    """Every image or label row a run left out (adapter exclusions and unreadable files), and why."""
+    """Every image or label row the runs left out (adapter exclusions and unreadable files), and
+    why; an item left out by several runs is one row naming them all."""
     rows = []
     for entry in entries:
         run = (entry["metrics"] or {}).get("run", {})
@@ -190,7 +191,12 @@ def left_out_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
                  for item in run.get("excluded", [])]
         rows += [{"run": entry["name"], "item": item["image_path"], "stage": "preprocessing",
                   "reason": item["reason"]} for item in run.get("skipped", [])]
-    return pd.DataFrame(rows, columns=["run", "item", "stage", "reason"])
+    table = pd.DataFrame(rows, columns=["run", "item", "stage", "reason"])
+    if table.empty:
+        return table
+    # the same item left out by several runs (one dataset, many models) is listed once
+    merged = table.groupby(["item", "stage", "reason"], sort=False)["run"].agg(", ".join).reset_index()
+    return merged[["run", "item", "stage", "reason"]]
 
 
 def build_report(folder: Path | str, *, profile: str) -> Path:

@@ -49,9 +49,8 @@ def load_manifest(settings: RunSettings) -> pd.DataFrame:
     """
     loaded = datasets.load_with_exclusions(settings.dataset, settings.data_dir, **dataset_options(settings))
     manifest = datasets.select_task(loaded.manifest, settings.task)
-    manifest = sample_patients(manifest, settings.max_patients, settings.seed)
     excluded = list(loaded.excluded)
-    if settings.use_roi and manifest["roi"].ne("").any():
+    if uses_roi_patches(settings, manifest):
         # a lesion patch needs the lesion's position; a normal image gets a breast-centred patch
         unplaced = manifest["roi"].eq("") & manifest["label"].ne("normal")
         excluded += [(path, f"{label} image without lesion coordinates: no ROI patch can be cut")
@@ -93,24 +92,13 @@ def split_manifest(settings: RunSettings, manifest: pd.DataFrame, split_file: Pa
     if settings.split == "official":
         from helpers.adapters import cbis_ddsm
 
-        result = cbis_ddsm.official_split(manifest, val_size=settings.val_size, seed=settings.seed)
-        splits.check_no_leakage(result)
-        return result
+        return cbis_ddsm.official_split(manifest, val_size=settings.val_size, seed=settings.seed)
     result = splits.make_or_load_split(
         manifest, split_file, test_size=settings.test_size, val_size=settings.val_size, seed=settings.seed
     )
     if settings.split == "by-magnification":
         result = splits.restrict_by_magnification(result, "40X")
     return result
-
-
-def sample_patients(manifest: pd.DataFrame, max_patients: int | None, seed: int) -> pd.DataFrame:
-    """A seeded sample of ``max_patients`` patients (all their images); all when None or fewer."""
-    patients = sorted(manifest["patient_id"].unique())
-    if max_patients is None or len(patients) <= max_patients:
-        return manifest
-    chosen = set(np.random.default_rng(seed).choice(patients, size=max_patients, replace=False))
-    return manifest[manifest["patient_id"].isin(chosen)].reset_index(drop=True)
 
 
 def prepare_data(settings: RunSettings, *, progress: bool = True, on_error: str = "raise") -> PreparedData:
@@ -248,7 +236,7 @@ def training_arrays(settings: RunSettings, data: PreparedData, augmenter) -> tup
     if augmenter is None:
         raise ValueError(f"offline_expansion={settings.offline_expansion} needs an augmentation scheme, "
                          f"but the run's augmentation is 'none'")
-    split = np.full(len(y), "train", dtype=object)
+    split = data.manifest.loc[data.manifest["split"] == "train", "split"]  # the rows of x["train"]
     x, y, _ = augmentation.expand_offline(x, y, data.patients["train"], factor=settings.offline_expansion,
                                           augmenter=augmenter, split=split)
     return x, y
@@ -292,13 +280,6 @@ def metrics_table(results: dict[str, Any]) -> pd.DataFrame:
             rows.append({"level": level.replace("_", " "), "metric": metric, "value": entry["value"],
                          "ci_low": entry["ci_low"], "ci_high": entry["ci_high"]})
     return pd.DataFrame(rows).set_index(["level", "metric"]).round(3)
-
-
-def provenance(settings: RunSettings) -> str:
-    """One line naming the data, weights and profile behind a figure or table."""
-    from helpers.models import describe_weights
-
-    return f"{settings.dataset} data · {settings.profile} profile · weights: {describe_weights(settings.weights)}"
 
 
 def figure_title(settings: RunSettings, what: str) -> str:

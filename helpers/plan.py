@@ -19,7 +19,7 @@ DEFAULT_SUITE = "study"
 PROFILE_KEYS = (
     "description", "dataset", "dataset_options", "task", "use_roi", "image_size", "epochs",
     "batch_size", "learning_rate", "freeze", "weights", "n_boot", "timeout_s", "scaled_down",
-    "skip_bad", "augmentation", "offline_expansion", "fine_tune_epochs", "max_patients",
+    "skip_bad", "augmentation", "offline_expansion", "fine_tune_epochs",
     "run_eagerly", "jit_compile",
 )
 SPLIT_METHODS = ("patient", "by-magnification", "official")
@@ -79,7 +79,6 @@ class RunSettings:
     momentum: float | None = None
     weight_decay: float | None = None
     split: str = "patient"  # one of SPLIT_METHODS
-    max_patients: int | None = None  # keep a seeded sample of this many patients (cpu profile)
     run_eagerly: bool = False  # no graph tracing: faster for runs of a few steps (smoke)
     jit_compile: bool | str = False  # XLA: "auto" pays off on a GPU, not on a CPU
 
@@ -210,7 +209,6 @@ def resolve_settings(
         momentum=overrides.get("momentum", recipe.momentum),
         weight_decay=overrides.get("weight_decay", recipe.weight_decay),
         split=_split_method(overrides.get("split"), study, chosen_dataset),
-        max_patients=pick("max_patients", None) if not dataset else overrides.get("max_patients"),
         run_eagerly=bool(pick("run_eagerly", False)),
         jit_compile=pick("jit_compile", False),
     )

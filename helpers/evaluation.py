@@ -314,6 +314,15 @@ def plot_confusion_matrix(
     predicted = _check_labels(y_pred, n_classes, "y_pred")
     if predicted.size != labels.size:
         raise ValueError(f"y_true has {labels.size} cases but y_pred has {predicted.size}")
+    fig = new_figure(figsize=(2.5 + 1.1 * n_classes, 2.0 + 1.0 * n_classes))
+    _draw_confusion(fig.add_subplot(), labels, predicted, names, normalise=normalise, colour_bar=True,
+                    title=title or ("Confusion matrix (row fractions)" if normalise else "Confusion matrix"))
+    return fig
+
+
+def _draw_confusion(ax, labels: np.ndarray, predicted: np.ndarray, names: list[str], *,
+                    normalise: bool, title: str, colour_bar: bool) -> None:
+    n_classes = len(names)
     counts = np.bincount(labels * n_classes + predicted, minlength=n_classes * n_classes)
     counts = counts.reshape(n_classes, n_classes)
     if normalise:
@@ -321,12 +330,61 @@ def plot_confusion_matrix(
         style = {"fmt": ".2f", "vmin": 0.0, "vmax": 1.0}
     else:
         data, style = counts, {"fmt": "d"}
-    fig = new_figure(figsize=(2.5 + 1.1 * n_classes, 2.0 + 1.0 * n_classes))
-    ax = fig.add_subplot()
-    sns.heatmap(data, annot=True, cmap="Blues", square=True, xticklabels=names, yticklabels=names, ax=ax, **style)
+    sns.heatmap(data, annot=True, cmap="Blues", square=True, xticklabels=names, yticklabels=names, ax=ax,
+                cbar=colour_bar, **style)
     ax.set_xlabel("Predicted class")
     ax.set_ylabel("True class")
-    ax.set_title(title or ("Confusion matrix (row fractions)" if normalise else "Confusion matrix"), fontsize=10)
+    ax.set_title(title, fontsize=10)
+
+
+def plot_confusion_matrices(y_true: np.ndarray, predictions: Mapping[str, np.ndarray],
+                            class_names: Sequence[str], *, title: str = "") -> Figure:
+    """Confusion matrices of several models on the same cases, side by side (one panel each)."""
+    names = _check_class_names(class_names)
+    labels = _check_labels(y_true, len(names), "y_true")
+    if not predictions:
+        raise ValueError("predictions is empty: give at least one model's predicted classes")
+    fig = new_figure(figsize=(0.5 + (2.2 + 0.9 * len(names)) * len(predictions), 2.6 + 0.9 * len(names)))
+    axes = fig.subplots(1, len(predictions), squeeze=False)[0]
+    for ax, (model, y_pred) in zip(axes, predictions.items()):
+        predicted = _check_labels(y_pred, len(names), f"predictions[{model!r}]")
+        if predicted.size != labels.size:
+            raise ValueError(f"y_true has {labels.size} cases but predictions[{model!r}] has {predicted.size}")
+        _draw_confusion(ax, labels, predicted, names, normalise=False, title=model, colour_bar=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_roc_comparison(y_true: np.ndarray, probabilities: Mapping[str, np.ndarray],
+                        class_names: Sequence[str], *, title: str = "") -> Figure:
+    """ROC curves of several models on the same cases: one panel (binary: the positive class) or
+    one panel per class (one-vs-rest), a curve per model with its AUC in the legend."""
+    names = _check_class_names(class_names)
+    if not probabilities:
+        raise ValueError("probabilities is empty: give at least one model's class probabilities")
+    checked = {model: _check_inputs(y_true, prob, names)[:2] for model, prob in probabilities.items()}
+    classes = [1] if len(names) == 2 else list(range(len(names)))
+    fig = new_figure(figsize=(0.5 + 4.0 * len(classes), 4.2))
+    axes = fig.subplots(1, len(classes), squeeze=False)[0]
+    for ax, c in zip(axes, classes):
+        for model, (labels, prob) in checked.items():
+            positive = labels == c
+            if positive.all() or not positive.any():
+                ax.plot([], [], label=f"{model}: undefined (one class only)")
+                continue
+            fpr, tpr, _ = roc_curve(positive, prob[:, c])
+            auc = _weighted_auc(np.ones((1, labels.size)), prob[:, c], positive)[0]
+            ax.plot(fpr, tpr, label=f"{model} (AUC = {auc:.3f})")
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.set_xlabel("False positive rate")
+        ax.set_ylabel("True positive rate")
+        ax.set_title(names[c] if len(names) == 2 else f"{names[c]} vs rest", fontsize=9)
+        ax.legend(loc="lower right", fontsize="x-small")
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig
 
 

@@ -288,3 +288,177 @@ def figure_title(settings: RunSettings, what: str) -> str:
 
     return (f"{settings.backbone}: {what}\n{settings.dataset} data, {settings.profile} profile\n"
             f"weights: {describe_weights(settings.weights)}")
+
+
+def evaluate_probabilities(settings: RunSettings, data: PreparedData, y_prob: np.ndarray) -> dict[str, Any]:
+    """Metrics of one model's test-split probabilities, per image and per patient, with CIs."""
+    return evaluation.evaluate(data.y["test"], y_prob, data.class_names, patient_ids=data.patients["test"],
+                               n_boot=settings.n_boot, seed=settings.seed)
+
+
+def compare_models(results: dict[str, dict[str, Any]], level: str = "image_level") -> pd.DataFrame:
+    """Several models' metrics on the same test split: one row per metric, for each model its
+    value and 95 % bootstrap interval side by side."""
+    table = pd.DataFrame(index=pd.Index(evaluation.METRIC_NAMES, name="metric"))
+    for model, result in results.items():
+        entries = [result[level][metric] for metric in evaluation.METRIC_NAMES]
+        table[model] = [entry["value"] for entry in entries]
+        table[f"{model} 95% CI"] = [_interval(entry) for entry in entries]
+    return table.round(3)
+
+
+def _interval(entry: dict[str, Any]) -> str:
+    """``"[low, high]"``, or "" where the interval is undefined (None or NaN)."""
+    low, high = entry.get("ci_low"), entry.get("ci_high")
+    if low is None or high is None or np.isnan(low) or np.isnan(high):
+        return ""
+    return f"[{low:.3f}, {high:.3f}]"
+
+
+def compared_entry(results: dict[str, Any], **about: Any) -> dict[str, Any]:
+    """One entry of metrics.json's optional ``compared`` block: another model measured on the same
+    test split in the same run (``about`` says what it is: backbone, classifier, ...)."""
+    return {**about, "image_level": results["image_level"], "patient_level": results.get("patient_level")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Lesson 4: a trained network's deep features and an SVM (paper 000)
+# ---------------------------------------------------------------------------------------------
+
+_NOT_SETTINGS = ("name", "notebook", "classifier")  # run-record keys that may differ in a reused run
+
+
+def reusable_network(settings: RunSettings, data: PreparedData,
+                     network_dir: Path | str | None) -> tuple[Path | None, str]:
+    """The ``best.keras`` of an earlier run of lesson 3 with exactly these settings and data, and
+    why (or why not) it can be reused."""
+    from helpers import models, training
+
+    if not network_dir:
+        return None, "no earlier run was named (NETWORK_DIR)"
+    folder = Path(network_dir)
+    model_file, metrics_file = folder / training.BEST_MODEL_FILE, folder / "metrics.json"
+    if not model_file.is_file() or not metrics_file.is_file():
+        return None, f"{folder} holds no finished run (no {model_file.name} and metrics.json)"
+    theirs = evaluation.read_metrics_json(metrics_file)["run"]
+    ours = run_record(settings, data, run_name="", notebook="",
+                      weights_description=models.describe_weights(settings.weights))
+    ours = json_plain(ours)
+    differ = sorted(key for key in ours if key not in _NOT_SETTINGS and theirs.get(key) != ours[key])
+    if differ:
+        return None, f"{folder.name} was trained with other settings or data ({', '.join(differ)})"
+    return model_file, f"reused from run {folder.name} ({model_file.name}, same settings and data)"
+
+
+def json_plain(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` as it reads back from JSON (tuples become lists), for comparisons."""
+    import json
+
+    return json.loads(json.dumps(record, default=str))
+
+
+def trained_network(settings: RunSettings, data: PreparedData, run_dir: Path | str, *,
+                    network_dir: Path | str | None = None, verbose: int | str = 2
+                    ) -> tuple["keras.Model", str, pd.DataFrame | None]:
+    """The run's trained network and where it comes from: reused from ``network_dir`` when that
+    run of lesson 3 had the same settings and data (see :func:`reusable_network`), otherwise built
+    and trained here exactly as lesson 3 does. Returns (model, source, history or None)."""
+    import keras
+
+    model_file, reason = reusable_network(settings, data, network_dir)
+    if model_file is not None:
+        return keras.saving.load_model(model_file, compile=False), reason, None
+    model = build_model(settings, data)
+    history = train_model(settings, model, data, run_dir, verbose=verbose)
+    return model, f"trained in this run: {reason}", history
+
+
+def svm_training_data(data: PreparedData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The images, classes and patients the SVM learns from: the training split only (no offline
+    expansion, no augmentation); the grid search folds it by patient."""
+    return data.x["train"], data.y["train"], data.patients["train"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Lesson 5: the ResNet50 + AlexNet fusion and its single-pathway baselines (paper 003)
+# ---------------------------------------------------------------------------------------------
+
+FUSION_MODELS: dict[str, tuple[str, ...]] = {
+    "fusion": ("resnet50", "alexnet"),
+    "resnet50 pathway": ("resnet50",),
+    "alexnet pathway": ("alexnet",),
+}
+"""The models lesson 5 compares: the fusion, and each pathway alone with the same refinement and head."""
+
+
+@dataclass
+class TrainedModel:
+    """One model trained and tested in a run: its history and its test-split probabilities."""
+
+    name: str
+    model: "keras.Model"
+    history: pd.DataFrame
+    y_prob: np.ndarray
+    results: dict[str, Any]
+    folder: Path
+
+
+def build_fusion_model(settings: RunSettings, data: PreparedData, pathways: tuple[str, ...], *,
+                       resnet_stage: int, alexnet_blocks: int) -> "keras.Model":
+    """Paper 003's fusion (two pathways) or one pathway's baseline, with the run's weights, freezing
+    and input size, seeded."""
+    from helpers import models, training
+
+    training.set_determinism(settings.seed)
+    return models.build_fusion(pathways=pathways, resnet_stage=resnet_stage, alexnet_blocks=alexnet_blocks,
+                               weights=settings.weights, freeze=settings.freeze,
+                               input_shape=(*settings.image_size, 3), num_classes=len(data.class_names),
+                               seed=settings.seed)
+
+
+def train_and_test(settings: RunSettings, data: PreparedData, name: str, model: "keras.Model",
+                   folder: Path | str, *, verbose: int | str = 2) -> TrainedModel:
+    """Train ``model`` with the run's recipe (its checkpoint and history in ``folder``), then
+    measure it on the test split."""
+    from helpers import training
+
+    history = train_model(settings, model, data, folder, verbose=verbose)
+    y_prob = training.predict_proba(model, data.x["test"], batch_size=settings.batch_size)
+    return TrainedModel(name, model, history, y_prob, evaluate_probabilities(settings, data, y_prob), Path(folder))
+
+
+def model_folder(run_dir: Path | str, name: str) -> Path:
+    """The sub-folder of a run for one of its models ("resnet50 pathway" -> resnet50_pathway)."""
+    return Path(run_dir) / name.replace(" ", "_").replace("+", "_")
+
+
+def show_architecture(model: "keras.Model", path: Path | str):
+    """The model's architecture: a ``plot_model`` figure saved to ``path`` where pydot and graphviz
+    are installed (returned for display), otherwise its printed summary (returns None)."""
+    from helpers import models
+
+    figure = models.architecture_figure(model, Path(path))
+    if figure is not None:
+        from IPython.display import Image
+
+        return Image(filename=str(figure))
+    model.summary(line_length=110)
+    return None
+
+
+def reload_check(model: "keras.Model", folder: Path | str, data: PreparedData) -> str:
+    """Reload the checkpoint ``folder/best.keras`` with ``keras.saving`` and compare its test-split
+    predictions with the model in memory; a mismatch is an error."""
+    import keras
+
+    from helpers import training
+
+    path = Path(folder) / training.BEST_MODEL_FILE
+    reloaded = keras.saving.load_model(path, compile=False)
+    ours = training.predict_proba(model, data.x["test"])
+    theirs = training.predict_proba(reloaded, data.x["test"])
+    difference = float(np.abs(ours - theirs).max())
+    if difference > 1e-5:
+        raise ValueError(f"{path}: the reloaded model's predictions differ by up to {difference:.2e}")
+    return (f"{path.parent.name}/{path.name} reloads with keras.saving: {reloaded.count_params():,} parameters, "
+            f"the same test predictions (largest difference {difference:.1e})")

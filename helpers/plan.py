@@ -23,6 +23,7 @@ PROFILE_KEYS = (
     "run_eagerly", "jit_compile",
 )
 SPLIT_METHODS = ("patient", "by-magnification", "official")
+FUSION = "resnet50+alexnet"  # paper 003's fusion network as a run's "backbone" (helpers.models.FUSION_NAME)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class RunSpec:
     parameters: dict[str, Any] = field(default_factory=dict)
     after_all: bool = False
     suites: tuple[str, ...] = (DEFAULT_SUITE,)  # the suites (named sets of runs) it belongs to
+    reuses: str | None = None  # an earlier run whose trained network this run reads (NETWORK_DIR)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,16 @@ def load_plan(path: Path | str | None = None) -> Plan:
     names = [run.name for run in runs]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: run names must be unique, got {names}")
+    for index, run in enumerate(runs):
+        if run.reuses is None:
+            continue
+        earlier = {r.name: r for r in runs[:index]}
+        if run.reuses not in earlier:
+            raise ValueError(f"{path}: run {run.name!r} reuses {run.reuses!r}, which is not an earlier run")
+        missing = set(run.suites) - set(earlier[run.reuses].suites)
+        if missing:
+            raise ValueError(f"{path}: run {run.name!r} is in suites {sorted(missing)} without the run "
+                             f"{run.reuses!r} it reuses")
     return Plan(profiles=profiles, runs=tuple(runs), source=path)
 
 
@@ -169,8 +181,13 @@ def resolve_settings(
     if weights == "imagenet" and backbone is not None and "weights" not in overrides:
         from helpers import models
 
-        spec = models.get_backbone(backbone)
-        if not spec.imagenet_files:  # AlexNet, GoogLeNet: Keras has no ImageNet file for them
+        if backbone == FUSION:
+            scaled_down += ("the fusion's AlexNet pathway starts from random weights: Keras has no ImageNet "
+                            "AlexNet (its ResNet50 pathway loads ImageNet weights)",)
+            spec = None
+        else:
+            spec = models.get_backbone(backbone)
+        if spec is not None and not spec.imagenet_files:  # AlexNet, GoogLeNet: Keras has no ImageNet file for them
             weights = None
             freeze = "none" if "freeze" not in overrides else freeze
             scaled_down += (f"random initial weights for {spec.display_name}: no ImageNet weights "
@@ -193,7 +210,7 @@ def resolve_settings(
         learning_rate=float(pick("learning_rate", recipe.learning_rate or 1e-3)),
         optimiser=overrides.get("optimiser", optimiser),
         loss=overrides.get("loss", recipe.loss),
-        head=overrides.get("head", recipe.head),
+        head=overrides.get("head", "fusion" if backbone == FUSION else recipe.head),
         freeze=freeze,
         weights=weights,
         seed=seed,
@@ -232,7 +249,8 @@ def _image_size(value: Any, backbone: str | None, *, explicit: bool) -> tuple[in
         return size
     from helpers import models
 
-    minimum = models.get_backbone(backbone).min_input_size
+    minimum = (models.fusion_min_input_size() if backbone == FUSION
+               else models.get_backbone(backbone).min_input_size)
     if min(size) >= minimum:
         return size
     if explicit:
@@ -249,12 +267,18 @@ PARAMETER_SETTINGS = {
 """Notebook parameter -> :func:`resolve_settings` argument (the lesson notebooks' convention)."""
 
 
+FIXED_MODELS = {"05_fusion_resnet50_alexnet.ipynb": FUSION}
+"""Lesson notebooks whose model is fixed rather than a BACKBONE parameter."""
+
+
 def settings_for_run(run: "PlannedRun", plan: Plan | None = None) -> RunSettings | None:
-    """The settings a planned training run will resolve to (None for runs without a backbone)."""
-    if "BACKBONE" not in run.parameters:
+    """The settings a planned training run will resolve to (None for runs that train nothing)."""
+    backbone = run.parameters.get("BACKBONE", FIXED_MODELS.get(Path(run.notebook).name))
+    if backbone is None:
         return None
     arguments = {PARAMETER_SETTINGS[key]: value for key, value in run.parameters.items()
                  if key in PARAMETER_SETTINGS}
+    arguments["backbone"] = backbone
     if arguments.get("skip_bad") is False:
         arguments["skip_bad"] = None
     return resolve_settings(run.parameters["PROFILE"], plan=plan, **arguments)
@@ -315,6 +339,7 @@ class PlannedRun:
     parameters: dict[str, Any]
     timeout_s: int
     after_all: bool
+    reuses: str | None = None
 
 
 def suites(plan: Plan | None = None) -> list[str]:
@@ -380,6 +405,8 @@ def planned_runs(
             parameters["DATA_DIR"] = str(Path(data_dir).expanduser().resolve())
         if skip_bad and not run.after_all:
             parameters["SKIP_BAD"] = True
+        if run.reuses:
+            parameters["NETWORK_DIR"] = str(root / run.reuses)
         parameters.update(run.parameters)
         result.append(
             PlannedRun(
@@ -389,6 +416,7 @@ def planned_runs(
                 parameters=parameters,
                 timeout_s=int(prof.get("timeout_s") or 3600),
                 after_all=run.after_all,
+                reuses=run.reuses,
             )
         )
     return result

@@ -121,6 +121,44 @@ def comparison_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+HYBRID_CLASSIFIERS = ("svm", "fusion")  # the papers' hybrids: paper 000's SVM, paper 003's fusion
+
+
+def hybrid_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
+    """The hybrids against what they replace, on the same test split: each SVM run beside its
+    network's own output, each fusion run beside its single pathways (the ``compared`` block of
+    metrics.json), then the papers' own rows for the same comparison (their data)."""
+    from helpers import studies
+
+    rows, studies_seen = [], set()
+    for entry in entries:
+        metrics = entry["metrics"]
+        if not metrics or "compared" not in metrics:
+            continue
+        run = metrics["run"]
+        studies_seen.add(run.get("study"))
+        data = f"{run.get('dataset')} ({run.get('task')}, {'x'.join(map(str, run.get('image_size', [])))} px)"
+        models = [({"backbone": run.get("backbone"), "classifier": run.get("classifier")}, metrics)]
+        models += [(about, about) for about in metrics["compared"].values()]
+        for about, block in models:
+            level = block.get("image_level") or {}
+            rows.append({"who": "ours", "paper": f"paper {run.get('study')}", "run": entry["name"],
+                         "backbone": about.get("backbone"), "classifier": about.get("classifier"), "data": data,
+                         "accuracy": (level.get("accuracy") or {}).get("value"),
+                         "f1": (level.get("f1") or {}).get("value"),
+                         "auc": (level.get("roc_auc") or {}).get("value")})
+    reported = studies.reported_table()
+    for study in sorted(studies_seen):
+        paper_rows = reported[reported["study"] == study]
+        if study == "000":  # the paper's SVM comparison is on its own ConvNet only
+            paper_rows = paper_rows[paper_rows["backbone"] == "convnet"]
+        for paper in paper_rows.itertuples():
+            rows.append({"who": "paper (their data)", "paper": f"paper {study}", "run": f"{paper.slug}, {paper.source}",
+                         "backbone": paper.backbone, "classifier": paper.classifier, "data": paper.dataset,
+                         "accuracy": paper.accuracy, "f1": paper.f1, "auc": paper.auc})
+    return pd.DataFrame(rows, columns=["who", "paper", "run", "backbone", "classifier", "data", "accuracy", "f1", "auc"])
+
+
 def comparison_title(entries: list[dict[str, Any]], profile: str) -> str:
     """Title for the comparison figure: which data, weights and profile our bars come from."""
     ours = results_table(entries)
@@ -230,6 +268,8 @@ def build_report(folder: Path | str, *, profile: str) -> Path:
         ("95 % bootstrap confidence intervals (image level)", with_ci),
         ("Our results (patient level)", patients),
         ("Ours beside the papers': every (paper, backbone, classifier, optimiser) they report", compare),
+        ("The hybrids against what they replace (same test split): SVM vs the network's own output "
+         "(paper 000), fusion vs each pathway alone (paper 003)", hybrid_table(entries)),
         ("Left out: images and label rows not used, and why", left_out_table(entries)),
     ]
     figures = [("comparison", ["comparison.png"])] if (folder / "comparison.png").exists() else []

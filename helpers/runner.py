@@ -61,6 +61,10 @@ def run_fingerprint(run: PlannedRun, profile_settings: dict) -> str:
     data_dir = run.parameters.get("DATA_DIR")
     if data_dir and Path(data_dir).exists():
         digest.update(str(Path(data_dir).stat().st_mtime_ns).encode())
+    network_dir = run.parameters.get("NETWORK_DIR")
+    if network_dir:  # a run reusing another run's network reruns when that network changes
+        reused = _previous(Path(network_dir))
+        digest.update(f"{reused.get('fingerprint')}:{reused.get('status')}".encode())
     return digest.hexdigest()
 
 

@@ -81,7 +81,8 @@ def test_dry_run_lists_every_run_with_resolved_settings(profile, capsys):
     for run in runs:
         assert f"{run.name}: {run.notebook.name}" in out
     resolved = [line for line in out.splitlines() if line.strip().startswith("resolved:")]
-    assert len(resolved) == sum("BACKBONE" in run.parameters for run in runs) == 16
+    assert len(resolved) == sum(plan.settings_for_run(run) is not None for run in runs) == 16 + 6 + 1
+    assert sum("head=fusion" in line and "backbone=resnet50+alexnet" in line for line in resolved) == 1
     for study, backbone, optimiser in [("001", "alexnet", "sgdm"), ("001", "squeezenet", "adam"),
                                        ("004", "resnet50", "rmsprop")]:
         assert any(f"study={study}, backbone={backbone}," in line and f"optimiser={optimiser}," in line
@@ -116,3 +117,29 @@ def test_every_profile_says_what_it_scales_down_in_plain_sentences():
         items = profile.get("scaled_down") or []
         assert all(isinstance(item, str) and item for item in items), (name, items)
         assert bool(items) == (name != "paper"), name
+
+
+def test_the_hybrids_are_planned_and_svm_runs_reuse_lesson_3s_networks():
+    runs = {run.name: run for run in plan.planned_runs("cpu")}
+    for backbone in studies.get_study("000").recipe.backbones:
+        svm = runs[f"svm_000_{backbone}"]
+        assert svm.reuses == f"tl_000_{backbone}"
+        assert svm.parameters["NETWORK_DIR"] == str(runs[f"tl_000_{backbone}"].run_dir)
+        assert plan.settings_for_run(svm) == plan.settings_for_run(runs[f"tl_000_{backbone}"])
+    fusion = plan.settings_for_run(runs["fusion_003_resnet50_alexnet"])
+    assert fusion.backbone == plan.FUSION and fusion.head == "fusion" and fusion.task == "normal-benign-malignant"
+    assert min(fusion.image_size) >= 63  # AlexNet's minimum input
+    paper = plan.settings_for_run(next(r for r in plan.planned_runs("paper") if r.name.startswith("fusion_")))
+    assert paper.weights == "imagenet" and any("AlexNet pathway" in item for item in paper.scaled_down)
+
+
+def test_a_run_can_only_reuse_an_earlier_run_of_its_suites(tmp_path):
+    bad = tmp_path / "study.yaml"
+    head = "profiles: {smoke: {}}\nruns:\n"
+    bad.write_text(head + "  - {name: b, notebook: x.ipynb, reuses: a}\n  - {name: a, notebook: x.ipynb}\n")
+    with pytest.raises(ValueError, match="reuses 'a', which is not an earlier run"):
+        plan.load_plan(bad)
+    bad.write_text(head + "  - {name: a, notebook: x.ipynb}\n"
+                   "  - {name: b, notebook: x.ipynb, reuses: a, suites: [study, other]}\n")
+    with pytest.raises(ValueError, match=r"suites \['other'\] without the run 'a'"):
+        plan.load_plan(bad)

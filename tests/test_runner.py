@@ -53,3 +53,16 @@ def test_report_lists_failed_runs(tmp_path):
     text = (index.parent / "index.md").read_text()
     assert "broken" in text and "failed" in text and "boom" in text
     assert not list(index.parent.glob("*.part")), "no partial files left behind"
+
+
+def test_a_run_reusing_another_reruns_when_that_run_changes(tmp_path):
+    source_dir = tmp_path / "reports" / "smoke" / "tl_a"
+    source_dir.mkdir(parents=True)
+    svm = _run(tmp_path, "svm_a", "pass")
+    svm = PlannedRun(name=svm.name, notebook=svm.notebook, run_dir=svm.run_dir, timeout_s=60, after_all=False,
+                     parameters={**svm.parameters, "NETWORK_DIR": str(source_dir)}, reuses="tl_a")
+    (source_dir / runner.RUN_FILE).write_text(json.dumps({"fingerprint": "one", "status": "ok"}))
+    first = runner.run_fingerprint(svm, {})
+    assert runner.run_fingerprint(svm, {}) == first
+    (source_dir / runner.RUN_FILE).write_text(json.dumps({"fingerprint": "two", "status": "ok"}))
+    assert runner.run_fingerprint(svm, {}) != first

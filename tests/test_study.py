@@ -20,7 +20,11 @@ from helpers import evaluation, plan, runner
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9]*.ipynb"))
 ALL_RUNS = tuple(run.name for run in plan.load_plan().runs if "study" in run.suites)
 TRAINING_RUNS = tuple(name for name in ALL_RUNS if name.startswith("tl_"))
-RERUN = ("tl_000_mobilenetv2", "tl_001_squeezenet_sgdm", "tl_004_resnet50")  # one per kind of head
+SVM_RUNS = tuple(name for name in ALL_RUNS if name.startswith("svm_"))
+FUSION_RUNS = tuple(name for name in ALL_RUNS if name.startswith("fusion_"))
+# one per kind of head, and the two hybrids (the SVM with the network it reuses)
+RERUN = ("tl_000_mobilenetv2", "tl_001_squeezenet_sgdm", "tl_004_resnet50", "svm_000_mobilenetv2",
+         "fusion_003_resnet50_alexnet")
 
 
 def run_smoke(folder: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -56,7 +60,26 @@ def test_smoke_study_runs_every_notebook_and_writes_the_report(smoke_study):
         assert 0.0 <= metrics["image_level"]["accuracy"]["value"] <= 1.0
         for figure in ("history.png", "confusion_matrix.png", "roc.png"):
             assert (profile_dir / run / figure).stat().st_size > 1000
+    assert len(SVM_RUNS) == 6 and len(FUSION_RUNS) == 1, (SVM_RUNS, FUSION_RUNS)
+    for run in SVM_RUNS + FUSION_RUNS:
+        metrics = evaluation.read_metrics_json(profile_dir / run / "metrics.json")
+        hybrid = metrics["run"]["classifier"]
+        assert hybrid == ("svm" if run.startswith("svm_") else "fusion")
+        assert metrics["run"]["profile"] == "smoke" and metrics["run"]["weights"]
+        compared = metrics["compared"]
+        assert set(compared) == ({"softmax"} if hybrid == "svm" else {"resnet50 pathway", "alexnet pathway"})
+        for block in compared.values():  # measured on the same test images as the hybrid
+            assert block["image_level"]["n"] == metrics["image_level"]["n"] > 0
+        for figure in ("confusion_matrix.png", "roc.png"):
+            assert (profile_dir / run / figure).stat().st_size > 1000
+    for run in SVM_RUNS:  # each reuses the network lesson 3 trained with the same settings
+        network = evaluation.read_metrics_json(profile_dir / run / "metrics.json")["run"]["network"]
+        assert network.startswith(f"reused from run tl_000_{run.removeprefix('svm_000_')} "), network
+        assert not (profile_dir / run / "best.keras").exists()
+    fusion = evaluation.read_metrics_json(profile_dir / FUSION_RUNS[0] / "metrics.json")["run"]
+    assert fusion["backbone"] == "resnet50+alexnet" and len(fusion["classes"]) == 3
     markdown = (profile_dir / "index.md").read_text()
+    assert "The hybrids against what they replace" in markdown and "single pathway" in markdown
     for needle in ("smoke", "synthetic", "random init", "paper 000", "Scaled down"):
         assert needle in markdown, needle
     assert "val_loss" in result.stdout, "per-epoch progress is shown"
@@ -95,7 +118,8 @@ def test_every_notebook_has_one_parameters_cell_and_stored_outputs():
     import nbformat
 
     assert [n.name for n in NOTEBOOKS] == ["01_data_preparation.ipynb", "02_augmentation.ipynb",
-                                           "03_transfer_learning.ipynb", "06_results.ipynb"]
+                                           "03_transfer_learning.ipynb", "04_svm_hybrid.ipynb",
+                                           "05_fusion_resnet50_alexnet.ipynb", "06_results.ipynb"]
     for path in NOTEBOOKS:
         notebook = nbformat.read(path, as_version=4)
         code = [c for c in notebook.cells if c.cell_type == "code"]

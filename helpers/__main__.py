@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--skip-bad", action="store_true",
                      help="leave unreadable or unlabelled files out (listed in the report) instead of failing")
     run.add_argument("--force", action="store_true", help="rerun runs whose inputs have not changed")
+    run.add_argument("--jobs", type=int, metavar="N",
+                     help="notebooks run at once (default: the profile's jobs: 2 for smoke and cpu, 1 for paper)")
     run.add_argument("--dry-run", action="store_true", help="list the planned runs and their parameters")
     refresh = commands.add_parser("refresh-notebooks", help="re-execute the committed notebooks (smoke) to refresh their stored outputs")
     refresh.add_argument("notebooks", nargs="*", help="notebook files (default: all in notebooks/)")
@@ -57,7 +59,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 0
         outcomes, index = runner.run_plan(
             args.profile, only=args.only, dataset=args.dataset, data_dir=args.data_dir,
-            suite=args.suite, skip_bad=args.skip_bad, force=args.force
+            suite=args.suite, skip_bad=args.skip_bad, force=args.force, jobs=args.jobs
         )
         failed = [o for o in outcomes if o.status in ("failed", "timeout")]
         print(f"\n{len(outcomes) - len(failed)} of {len(outcomes)} runs ok; report: {index}")

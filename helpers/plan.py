@@ -20,7 +20,7 @@ PROFILE_KEYS = (
     "description", "dataset", "dataset_options", "task", "use_roi", "image_size", "epochs",
     "batch_size", "learning_rate", "freeze", "weights", "n_boot", "timeout_s", "scaled_down",
     "skip_bad", "augmentation", "offline_expansion", "fine_tune_epochs",
-    "run_eagerly", "jit_compile",
+    "run_eagerly", "jit_compile", "jobs",
 )
 SPLIT_METHODS = ("patient", "by-magnification", "official")
 FUSION = "resnet50+alexnet"  # paper 003's fusion network as a run's "backbone" (helpers.models.FUSION_NAME)

@@ -1,4 +1,4 @@
-"""Execute the study plan with papermill: one notebook run after another, into ``reports/<profile>/``.
+"""Execute the study plan with papermill into ``reports/<profile>/``, ``jobs`` notebooks at a time.
 
 For each planned run the runner checks whether its inputs changed since the last successful run
 (notebook, parameters, helpers code, plan); if not, it skips it. Otherwise it executes the
@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TextIO
@@ -138,6 +139,13 @@ def execute(run: PlannedRun, *, fingerprint: str, echo: Callable[[str], None] = 
     return RunOutcome(run.name, status, seconds, message, run_dir)
 
 
+def _must_wait(run: PlannedRun, waiting: list[PlannedRun], running: list[PlannedRun]) -> bool:
+    """A run waits for the run it reuses; an ``after_all`` run waits for every other run."""
+    if run.after_all:
+        return bool(running) or any(not other.after_all for other in waiting)
+    return bool(run.reuses) and run.reuses in {other.name for other in waiting + running}
+
+
 def run_plan(
     profile: str,
     *,
@@ -147,36 +155,69 @@ def run_plan(
     suite: str = DEFAULT_SUITE,
     skip_bad: bool = False,
     force: bool = False,
+    jobs: int | None = None,
     echo: Callable[[str], None] = print,
 ) -> tuple[list[RunOutcome], Path]:
-    """Run ``suite`` of the plan for ``profile``; return the outcomes and the summary page's path."""
+    """Run ``suite`` of the plan for ``profile``; return the outcomes and the summary page's path.
+
+    ``jobs`` notebooks run at once (default: the profile's ``jobs``, else 1). A run starts only
+    after the run it reuses has finished; ``after_all`` runs (the results) start after all others.
+    Each run's numbers do not depend on ``jobs``: every notebook is its own seeded process.
+    """
     from helpers import reporting
 
     plan = load_plan()
     profile_settings = get_profile(profile, plan)
+    jobs = max(1, int(jobs or profile_settings.get("jobs") or 1))
     runs = planned_runs(profile, only=only, dataset=dataset, data_dir=data_dir, suite=suite,
                          skip_bad=skip_bad, plan=plan)
     ordered = [r for r in runs if not r.after_all] + [r for r in runs if r.after_all]
-    outcomes: list[RunOutcome] = []
-    for number, run in enumerate(ordered, start=1):
-        fingerprint = run_fingerprint(run, profile_settings)
-        label = f"[{number}/{len(ordered)}] {run.name} ({run.notebook.name})"
-        previous = _previous(run.run_dir)
-        unchanged = previous.get("fingerprint") == fingerprint and previous.get("status") == "ok"
-        if unchanged and not force and not run.after_all:
-            echo(f"{label}: unchanged since the last run, skipped")
-            outcomes.append(RunOutcome(run.name, "skipped", 0.0, "unchanged", run.run_dir))
-            continue
-        echo(f"{label}: running (time limit {run.timeout_s} s)")
-        outcome = execute(run, fingerprint=fingerprint, echo=lambda line, n=run.name: echo(f"    {n}: {line}"))
-        tail = f": {outcome.message}" if outcome.message else ""
-        echo(f"{label}: {outcome.status} in {outcome.seconds:.0f} s{tail}")
-        if outcome.status != "ok":
-            echo(f"    full log: {outcome.run_dir / LOG_FILE}")
-        outcomes.append(outcome)
+    lock = threading.Lock()
+
+    def say(line: str) -> None:
+        with lock:
+            echo(line)
+
+    outcomes: dict[str, RunOutcome] = {}
+    waiting = list(enumerate(ordered, start=1))
+    running: dict[Future, tuple[str, PlannedRun]] = {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while waiting or running:
+            for item in list(waiting):
+                number, run = item
+                if len(running) >= jobs:
+                    break
+                if _must_wait(run, [r for _, r in waiting], [r for _, r in running.values()]):
+                    continue
+                waiting.remove(item)
+                fingerprint = run_fingerprint(run, profile_settings)  # after the run it reuses
+                label = f"[{number}/{len(ordered)}] {run.name} ({run.notebook.name})"
+                previous = _previous(run.run_dir)
+                unchanged = previous.get("fingerprint") == fingerprint and previous.get("status") == "ok"
+                if unchanged and not force and not run.after_all:
+                    say(f"{label}: unchanged since the last run, skipped")
+                    outcomes[run.name] = RunOutcome(run.name, "skipped", 0.0, "unchanged", run.run_dir)
+                    continue
+                say(f"{label}: running (time limit {run.timeout_s} s)")
+                future = pool.submit(execute, run, fingerprint=fingerprint,
+                                     echo=lambda line, n=run.name: say(f"    {n}: {line}"))
+                running[future] = (label, run)
+            if not running:
+                if waiting:  # cannot happen with a valid plan (reuses names earlier runs only)
+                    raise RuntimeError(f"runs {[r.name for _, r in waiting]} wait for each other")
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                label, run = running.pop(future)
+                outcome = future.result()
+                tail = f": {outcome.message}" if outcome.message else ""
+                say(f"{label}: {outcome.status} in {outcome.seconds:.0f} s{tail}")
+                if outcome.status != "ok":
+                    say(f"    full log: {outcome.run_dir / LOG_FILE}")
+                outcomes[run.name] = outcome
     folder = paths.reports_dir() / output_name(profile, dataset=dataset, suite=suite, plan=plan)
     index = reporting.build_report(folder, profile=profile)
-    return outcomes, index
+    return [outcomes[run.name] for run in ordered], index
 
 
 def clean_notebook_metadata(path: Path) -> None:

@@ -66,3 +66,18 @@ def test_a_run_reusing_another_reruns_when_that_run_changes(tmp_path):
     assert runner.run_fingerprint(svm, {}) == first
     (source_dir / runner.RUN_FILE).write_text(json.dumps({"fingerprint": "two", "status": "ok"}))
     assert runner.run_fingerprint(svm, {}) != first
+
+
+def test_runs_wait_for_the_run_they_reuse_and_the_results_for_every_run(tmp_path):
+    def planned(name, *, reuses=None, after_all=False):
+        return PlannedRun(name=name, notebook=tmp_path / "x.ipynb", run_dir=tmp_path / name, parameters={},
+                          timeout_s=60, after_all=after_all, reuses=reuses)
+
+    tl, svm, other, results = planned("tl"), planned("svm", reuses="tl"), planned("other"), planned("r", after_all=True)
+    assert runner._must_wait(svm, [svm, other, results], [tl])
+    assert not runner._must_wait(other, [svm, other, results], [tl])
+    assert not runner._must_wait(svm, [svm, results], [other])  # tl has finished
+    assert runner._must_wait(results, [results], [svm])
+    assert runner._must_wait(results, [other, results], [])
+    assert not runner._must_wait(results, [results], [])
+    assert not runner._must_wait(planned("svm2", reuses="not-in-this-plan"), [], [])  # --only without tl

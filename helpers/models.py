@@ -456,12 +456,20 @@ def paper003_head(features: keras.KerasTensor, *, num_classes: int, seed: int | 
                   backbone: str = "") -> keras.KerasTensor:
     """Akhi et al.: GAP -> (FC -> batch norm -> ReLU -> dropout) x2 -> softmax over the classes."""
     x = layers.GlobalAveragePooling2D(name="paper003_gap")(features)
-    for index, units in enumerate(PAPER003_FC_UNITS, start=1):
-        x = layers.Dense(units, name=f"paper003_fc{index}")(x)
-        x = layers.BatchNormalization(momentum=PAPER000_BN_MOMENTUM, name=f"paper003_bn{index}")(x)
-        x = layers.Activation("relu", name=f"paper003_relu{index}")(x)
-        x = layers.Dropout(PAPER003_DROPOUT, seed=seed, name=f"paper003_dropout{index}")(x)
+    x = _dense_blocks(x, PAPER003_FC_UNITS, prefix="paper003", seed=seed)
     return _output(x, "paper003", num_classes)
+
+
+def _dense_blocks(x: keras.KerasTensor, units: tuple[int, ...], *, prefix: str,
+                  seed: int | None) -> keras.KerasTensor:
+    """(FC -> batch norm -> ReLU -> dropout) per entry of ``units`` (paper 003's head and fusion),
+    layers ``<prefix>_fc1``, ``<prefix>_bn1``, ``<prefix>_relu1``, ``<prefix>_dropout1``, ..."""
+    for index, width in enumerate(units, start=1):
+        x = layers.Dense(width, name=f"{prefix}_fc{index}")(x)
+        x = layers.BatchNormalization(momentum=PAPER000_BN_MOMENTUM, name=f"{prefix}_bn{index}")(x)
+        x = layers.Activation("relu", name=f"{prefix}_relu{index}")(x)
+        x = layers.Dropout(PAPER003_DROPOUT, seed=seed, name=f"{prefix}_dropout{index}")(x)
+    return x
 
 
 def paper004_head(features: keras.KerasTensor, *, num_classes: int, seed: int | None = None,
@@ -880,7 +888,6 @@ PATHWAY_STAGES: dict[str, tuple[str, dict[int, str]]] = {
 }
 FUSION_REFINE_FILTERS: tuple[int, ...] = (256,)
 FUSION_FC_UNITS = PAPER003_FC_UNITS
-FUSION_DROPOUT = PAPER003_DROPOUT
 FUSION_BN_MOMENTUM = PAPER000_BN_MOMENTUM
 FUSION_FREEZE_MODES = ("none", "base")
 
@@ -939,11 +946,7 @@ def _fusion_refine_and_head(x: keras.KerasTensor, *, num_classes: int,
                                       name=f"fusion_refine{index}_bn")(x)
         x = layers.Activation("relu", name=f"fusion_refine{index}_relu")(x)
     x = layers.Flatten(name="fusion_flatten")(x)
-    for index, units in enumerate(FUSION_FC_UNITS, start=1):
-        x = layers.Dense(units, name=f"fusion_fc{index}")(x)
-        x = layers.BatchNormalization(momentum=FUSION_BN_MOMENTUM, name=f"fusion_bn{index}")(x)
-        x = layers.Activation("relu", name=f"fusion_relu{index}")(x)
-        x = layers.Dropout(FUSION_DROPOUT, seed=seed, name=f"fusion_dropout{index}")(x)
+    x = _dense_blocks(x, FUSION_FC_UNITS, prefix="fusion", seed=seed)  # paper 003's FC layers
     return _output(x, "fusion", num_classes)
 
 

@@ -356,6 +356,16 @@ def plot_confusion_matrices(y_true: np.ndarray, predictions: Mapping[str, np.nda
     return fig
 
 
+def _draw_roc_curve(ax, positive: np.ndarray, scores: np.ndarray, label: str) -> None:
+    """One ROC curve with its AUC in the legend; an empty entry where one class is missing."""
+    if positive.all() or not positive.any():
+        ax.plot([], [], label=f"{label}: undefined (one class only)")
+        return
+    fpr, tpr, _ = roc_curve(positive, scores)
+    auc = _weighted_auc(np.ones((1, positive.size)), scores, positive)[0]
+    ax.plot(fpr, tpr, label=f"{label} (AUC = {auc:.3f})")
+
+
 def plot_roc_comparison(y_true: np.ndarray, probabilities: Mapping[str, np.ndarray],
                         class_names: Sequence[str], *, title: str = "") -> Figure:
     """ROC curves of several models on the same cases: one panel (binary: the positive class) or
@@ -369,13 +379,7 @@ def plot_roc_comparison(y_true: np.ndarray, probabilities: Mapping[str, np.ndarr
     axes = fig.subplots(1, len(classes), squeeze=False)[0]
     for ax, c in zip(axes, classes):
         for model, (labels, prob) in checked.items():
-            positive = labels == c
-            if positive.all() or not positive.any():
-                ax.plot([], [], label=f"{model}: undefined (one class only)")
-                continue
-            fpr, tpr, _ = roc_curve(positive, prob[:, c])
-            auc = _weighted_auc(np.ones((1, labels.size)), prob[:, c], positive)[0]
-            ax.plot(fpr, tpr, label=f"{model} (AUC = {auc:.3f})")
+            _draw_roc_curve(ax, labels == c, prob[:, c], model)
         ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
@@ -395,14 +399,7 @@ def plot_roc(y_true: np.ndarray, y_prob: np.ndarray, class_names: Sequence[str],
     ax = fig.add_subplot()
     classes = [1] if len(names) == 2 else list(range(len(names)))
     for c in classes:
-        positive = labels == c
-        label = names[c] if len(names) == 2 else f"{names[c]} vs rest"
-        if positive.all() or not positive.any():
-            ax.plot([], [], label=f"{label}: undefined (one class only)")
-            continue
-        fpr, tpr, _ = roc_curve(positive, prob[:, c])
-        auc = _weighted_auc(np.ones((1, labels.size)), prob[:, c], positive)[0]
-        ax.plot(fpr, tpr, label=f"{label} (AUC = {auc:.3f})")
+        _draw_roc_curve(ax, labels == c, prob[:, c], names[c] if len(names) == 2 else f"{names[c]} vs rest")
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)

@@ -6,13 +6,11 @@ entries, each a ``keras.layers.Random*`` layer with arguments computed from the 
 scheme into an :class:`Augmenter`, a callable ``(x, step) -> x`` for training batches: the same
 seed and step always give the same output, and different steps give different draws.
 
-Value range: the arrays reaching the augmenter are already normalised by the preset (``[0, 1]``,
-zero-mean, ...). The augmenter maps each batch linearly onto ``[0, 1]`` -- with the fixed
-``value_range`` given, or with each image's own minimum and maximum when ``value_range=None``
-(zero-mean data, whose range is not fixed) -- runs every layer there (brightness and contrast with
-``value_range=(0, 1)``, constant fills with 0, i.e. the range's darkest value) and maps back. So a
-brightness ``0.2`` shifts by 20 % of the range, outputs never leave the input's range (per image
-when ``value_range=None``), and geometric transforms are exact because the map is linear.
+Value range: the arrays reaching the augmenter are clean images in ``[0, 1]`` (a preset ends
+there; normalisation is the model's first layer, after augmentation). Every layer runs on that
+range (brightness and contrast with ``value_range=(0, 1)``, constant fills with 0, the darkest
+value), outputs are clipped to it, and an input outside it is an error. So a brightness ``0.2``
+shifts by 20 % of the range, whatever the backbone's or the paper's normalisation.
 
 Augmentation belongs to the training split only, after the split: :func:`expand_offline` (paper
 000's offline expansion) refuses any row whose split is not ``"train"``.
@@ -41,6 +39,8 @@ UNSTATED_AMOUNTS: Mapping[str, float] = MappingProxyType({
 
 OFFLINE_CHUNK = 64
 """Images augmented per call in :func:`expand_offline` (bounds memory; fixed, so output is stable)."""
+VALUE_TOLERANCE = 1e-3
+"""How far outside [0, 1] an input may be (rounding) before the augmenter calls it an error."""
 
 
 @dataclass(frozen=True)
@@ -264,14 +264,13 @@ class Augmenter:
     drawn from ``(seed, step, transform index)``, so the output depends only on the seed, the
     step and the batch (not on earlier calls). Resetting, rather than building new layers per
     call, keeps memory flat over long training runs. Not for concurrent calls from several
-    threads (the layers are shared). ``value_range=None`` maps each image by its own minimum and
-    maximum (zero-mean data); otherwise by the fixed range, and an input outside it is an error.
+    threads (the layers are shared). Inputs must be clean images in [0, 1] (see the module
+    docstring); anything else is an error.
     """
 
     scheme: Scheme
     image_size: tuple[int, int]
     seed: int
-    value_range: tuple[float, float] | None = None
     layers: tuple[keras.layers.Layer, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -292,59 +291,33 @@ class Augmenter:
             raise TypeError(f"augmenter {self.scheme.name}: expected float images, got {x.dtype}")
         if x.size and not np.isfinite(x).all():
             raise ValueError(f"augmenter {self.scheme.name}: the batch holds NaN or infinite values")
-        if self.value_range is not None and x.size:
-            low, high = self.value_range
-            tolerance = 1e-5 * (high - low)
-            if x.min() < low - tolerance or x.max() > high + tolerance:
-                raise ValueError(
-                    f"augmenter {self.scheme.name}: values [{x.min():.4g}, {x.max():.4g}] leave "
-                    f"value_range {self.value_range}; pass the data's range, or None for "
-                    "zero-mean data (each image is then mapped by its own minimum and maximum)")
-
-    def _unit_map(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Offset and scale per image that map ``x`` onto [0, 1]."""
-        if self.value_range is not None:
-            low, high = self.value_range
-            return np.float32(low), np.float32(high - low)
-        low = x.min(axis=(1, 2, 3), keepdims=True)
-        span = x.max(axis=(1, 2, 3), keepdims=True) - low
-        return low, np.where(span > 0, span, np.float32(1.0))
+        if x.size and (x.min() < -VALUE_TOLERANCE or x.max() > 1 + VALUE_TOLERANCE):
+            raise ValueError(
+                f"augmenter {self.scheme.name}: values [{x.min():.4g}, {x.max():.4g}] leave [0, 1]; "
+                "augment the clean images a preset prepares (normalisation comes after "
+                "augmentation, inside the model)")
 
     def __call__(self, x: np.ndarray, step: int) -> np.ndarray:
         x = np.asarray(x)
         self._check(x, step)
         if not self.scheme.transforms or len(x) == 0:
             return x.copy()
-        work = x.astype(np.float32)
-        low, span = self._unit_map(work)
-        unit = np.clip((work - low) / span, 0.0, 1.0)
+        unit = np.clip(x.astype(np.float32), 0.0, 1.0)
         for index, layer in enumerate(self.layers):
             state = layer.generator.state
             state.assign(np.array([self.layer_seed(step, index), 0]).astype(state.dtype))
             unit = layer(unit, training=True)
-        out = np.clip(keras.ops.convert_to_numpy(unit), 0.0, 1.0) * span + low
-        return out.astype(x.dtype)
+        return np.clip(keras.ops.convert_to_numpy(unit), 0.0, 1.0).astype(x.dtype)
 
 
-def build_augmenter(scheme: str, *, image_size: int | tuple[int, int], seed: int,
-                    value_range: tuple[float, float] | None = None) -> Augmenter:
-    """An :class:`Augmenter` for the registered ``scheme`` and images of ``image_size`` (h, w).
-
-    ``value_range``: the fixed range of the data (e.g. ``(0, 1)`` after ``scale_01``), or None
-    for data without one (zero-mean normalisation), see the module docstring.
-    """
+def build_augmenter(scheme: str, *, image_size: int | tuple[int, int], seed: int) -> Augmenter:
+    """An :class:`Augmenter` for the registered ``scheme`` and clean images of ``image_size`` (h, w)."""
     size = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else tuple(image_size)
     if len(size) != 2 or any(int(v) < 1 for v in size):
         raise ValueError(f"build_augmenter: image_size must be positive (h, w), got {image_size!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"build_augmenter: seed must be an int >= 0, got {seed!r}")
-    if value_range is not None:
-        low, high = (float(v) for v in value_range)
-        if not (math.isfinite(low) and math.isfinite(high) and high > low):
-            raise ValueError(f"build_augmenter: value_range must be finite (low, high) with "
-                             f"high > low, got {value_range!r}")
-        value_range = (low, high)
-    return Augmenter(get_scheme(scheme), (int(size[0]), int(size[1])), int(seed), value_range)
+    return Augmenter(get_scheme(scheme), (int(size[0]), int(size[1])), int(seed))
 
 
 def variants(image: np.ndarray, augmenter: Augmenter, *, count: int = 7, step: int = 0) -> np.ndarray:
@@ -393,8 +366,7 @@ def augmented_patches(scheme: str, sources: dict[str, tuple[np.ndarray, tuple[fl
     from helpers import preprocessing
 
     preset = f"paper{get_scheme(scheme).study}"
-    augmenter = build_augmenter(scheme, image_size=size, seed=seed,
-                                value_range=preprocessing.preset_value_range(preset))
+    augmenter = build_augmenter(scheme, image_size=size, seed=seed)
     return {name: variants(preprocessing.apply_preset(image, preset, image_size=size, roi=roi), augmenter,
                            count=count)
             for name, (image, roi) in sources.items()}

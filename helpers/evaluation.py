@@ -272,6 +272,84 @@ def _level_summary(
     return summary
 
 
+def paired_bootstrap(
+    y_true: np.ndarray,
+    prob_a: np.ndarray,
+    prob_b: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    groups: Sequence[str] | None = None,
+    metric: str = "roc_auc",
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float]:
+    """``metric`` of two models on the same test cases and the paired difference ``a - b``.
+
+    Both models are scored on the *same* bootstrap resamples, so the interval of the difference
+    accounts for their correlation (a paired bootstrap). With ``groups`` (patient ids) whole
+    patients are resampled (a clustered bootstrap: images of one patient are not independent).
+    Returns ``{"a", "b", "difference", "ci_low", "ci_high", "n", "n_groups"}``; resamples where the
+    metric is undefined are left out.
+    """
+    if metric not in METRIC_NAMES:
+        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRIC_NAMES)}")
+    labels, first, names = _check_inputs(y_true, prob_a, class_names)
+    _, second, _ = _check_inputs(y_true, prob_b, class_names)
+    ids = np.asarray(groups if groups is not None else np.arange(labels.size)).astype(str)
+    if ids.size != labels.size:
+        raise ValueError(f"groups ({ids.size}) and y_true ({labels.size}) differ in length")
+    clusters, index = np.unique(ids, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _BOOTSTRAP_CELLS // max(labels.size, clusters.size))
+    differences = []
+    for start in range(0, int(n_boot), chunk):
+        size = min(chunk, int(n_boot) - start)
+        draws = rng.integers(0, clusters.size, size=(size, clusters.size))
+        counts = np.zeros((size, clusters.size))
+        np.add.at(counts, (np.repeat(np.arange(size), clusters.size), draws.ravel()), 1.0)
+        weights = counts[:, index]  # an image counts as often as its patient was drawn
+        a = _weighted_metrics(weights, labels, first)[metric]
+        b = _weighted_metrics(weights, labels, second)[metric]
+        differences.append(a - b)
+    values = np.concatenate(differences) if differences else np.empty(0)
+    values = values[~np.isnan(values)]
+    tail = 100.0 * (1.0 - level) / 2.0
+    low, high = np.percentile(values, [tail, 100.0 - tail]) if values.size else (math.nan, math.nan)
+    point_a = compute_metrics(labels, first, names)[metric]
+    point_b = compute_metrics(labels, second, names)[metric]
+    return {"a": point_a, "b": point_b, "difference": point_a - point_b, "ci_low": float(low),
+            "ci_high": float(high), "n": int(labels.size), "n_groups": int(clusters.size)}
+
+
+PREDICTIONS_FILE = "predictions.csv"
+
+
+def write_predictions(path: Path, y_true: np.ndarray, y_prob: np.ndarray, class_names: Sequence[str], *,
+                      images: Sequence[str], patient_ids: Sequence[str]) -> Path:
+    """The test split's per-image predictions as CSV (``image, patient_id, y_true, p_<class>...``),
+    for paired comparisons between runs on the same test images."""
+    labels, prob, names = _check_inputs(y_true, y_prob, class_names)
+    table = pd.DataFrame({"image": [str(i) for i in images], "patient_id": [str(p) for p in patient_ids],
+                          "y_true": labels})
+    for column, name in enumerate(names):
+        table[f"p_{name}"] = np.round(prob[:, column], 8)
+    with atomic_path(Path(path)) as tmp:
+        table.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    """A ``predictions.csv`` written by :func:`write_predictions`; ValueError naming the file."""
+    try:
+        table = pd.read_csv(path, dtype={"image": str, "patient_id": str})
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: cannot read the predictions ({error})") from error
+    if not {"image", "patient_id", "y_true"} <= set(table.columns):
+        raise ValueError(f"{path}: not a predictions file (columns {list(table.columns)})")
+    return table
+
+
 def evaluate(
     y_true: np.ndarray,
     y_prob: np.ndarray,

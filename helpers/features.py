@@ -28,6 +28,8 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 import pandas as pd
+
+from helpers import models as _models  # noqa: F401 - registers ImageNormalisation for load_model
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold

@@ -5,14 +5,20 @@ the three Keras lacks, written here with plain Keras layers (AlexNet, SqueezeNet
 and one registry of classification heads named after the paper they reproduce (``HEADS``). A
 classifier is ``input -> backbone (nested model named after its registry key) -> head``.
 
-Inputs are expected *already preprocessed* with ``BACKBONES[name].preprocess_input``; the
-preprocessing is not baked into the model so that saved models stay plain Keras layers.
+Inputs are clean images in [0, 1] (what ``helpers.preprocessing`` presets produce). The last
+stage of preprocessing, normalisation, is the model's first layer (:class:`ImageNormalisation`,
+registry :data:`NORMALISATIONS`): with ImageNet weights the backbone's own convention (caffe
+BGR-mean, torch mean/std, [-1, 1], or 0-255 into MobileNetV3's built-in rescaling), with random
+weights the paper's normalisation. Input scaling so travels with the weights, and a saved
+``.keras`` model takes the pipeline's images as they are; it cannot be fed wrongly.
 
 Weights are always a parameter: ``None`` (random start), ``"imagenet"`` (Keras' own cache,
-``$KERAS_HOME/models`` or ``~/.keras/models``; a missing file offline raises
-:class:`WeightsUnavailableError` saying how to fix it; AlexNet and GoogLeNet have no ImageNet
-weights for Keras at all) or a path to a ``.h5``/``.weights.h5`` file saved from the same
-backbone.
+``$KERAS_HOME/models`` or ``~/.keras/models``, downloaded there on first use; offline, a missing
+file raises :class:`WeightsUnavailableError` saying which file to put where; AlexNet and
+GoogLeNet get torchvision's published weights, converted once, see
+:mod:`helpers.torchvision_weights`) or a path to a ``.h5``/``.weights.h5`` file saved from the
+same backbone. Every backbone uses its 224 px ImageNet file at any input size (MobileNetV2's
+96-192 px variants, trained at those sizes, are not used).
 
 Output contract: every classifier outputs class probabilities, either ``num_classes`` softmax
 units or, for the heads of papers 002 and 004 on a two-class task, one sigmoid unit (the
@@ -31,14 +37,15 @@ from typing import Callable
 
 import keras
 import numpy as np
-from keras import layers
+from keras import layers, ops
 from keras.applications import imagenet_utils
+
+from helpers.torchvision_weights import TORCHVISION_FILES, WeightsUnavailableError, ensure_keras_weights
 
 KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 SQUEEZENET_WEIGHTS_URL = "https://github.com/rcmalli/keras-squeezenet/releases/download/v1.0/"
 SQUEEZENET_IMAGENET_FILE = "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5"
 DOWNLOAD_TIMEOUT_S = 20.0
-MOBILENETV2_SIZES = (96, 128, 160, 192, 224)
 IMAGENET_CLASSES = 1000
 
 # FC1/FC2 widths of the paper000 head. Mahmood et al. (2021) name the layers (GAP, BN, FC1,
@@ -80,13 +87,14 @@ GOOGLENET_BN_EPSILON = 0.001  # torchvision's BasicConv2d
 GOOGLENET_BN_MOMENTUM = 0.9  # torch momentum 0.1 = Keras momentum 0.9
 
 
-class WeightsUnavailableError(RuntimeError):
-    """ImageNet weights are neither in Keras' cache nor downloadable (offline), or none exist."""
-
-
 @dataclass(frozen=True)
 class Backbone:
-    """One entry of ``BACKBONES``: how to build a network and feed it."""
+    """One entry of ``BACKBONES``: how to build a network and feed it.
+
+    ``imagenet_normalisation`` is the input convention its ImageNet weights were trained with (a
+    key of :data:`NORMALISATIONS`); ``preprocess_input`` is ``keras.applications``' function for
+    the same convention on 0-255 input (kept for comparison: the model does this itself).
+    """
 
     name: str
     display_name: str
@@ -97,11 +105,121 @@ class Backbone:
     imagenet_files: tuple[str, ...]
     weights_base_url: str = ""  # folder URL Keras downloads ``imagenet_files`` from
     written_here: bool = False  # True for the networks of this module (not keras.applications)
+    imagenet_normalisation: str = "tf"
+    builtin_rescaling: bool = False  # the constructor's include_preprocessing (MobileNetV3)
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation: the model's first layer
+# --------------------------------------------------------------------------------------------
+
+IMAGENET = "imagenet"
+"""The ``normalisation`` setting meaning "the backbone's own ImageNet convention"."""
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)  # torchvision / keras "torch" mode, on [0, 1]
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # keras "caffe" mode, on 0-255 BGR
+
+NORMALISATIONS: dict[str, str] = {
+    "caffe": "ImageNet 'caffe' convention: RGB to BGR on 0-255, minus the ImageNet channel means "
+             "(103.939, 116.779, 123.68), not scaled",
+    "torch": "ImageNet 'torch' convention: RGB in [0, 1] minus the channel means (0.485, 0.456, "
+             "0.406), divided by the channel standard deviations (0.229, 0.224, 0.225)",
+    "tf": "ImageNet 'tf' convention: [-1, 1] (x / 127.5 - 1 on 0-255)",
+    "raw255": "0-255, into the network's own built-in rescaling layer (MobileNetV3)",
+    "zero_mean": "per image: (x - mean) / standard deviation over all its pixels and channels "
+                 "(paper 000, eq. 10)",
+    "mean_normalisation": "per image: x minus its mean over all pixels and channels (paper 003)",
+    "decimal_scaling": "per image: the 8-bit values divided by 10^j, the smallest power of ten "
+                       "above their largest magnitude (paper 003's alternative)",
+    "unit": "none: the clean image in [0, 1] as the preset prepared it",
+}
+"""Normalisation name -> what :class:`ImageNormalisation` computes from a clean image in [0, 1]."""
+
+
+@keras.saving.register_keras_serializable(package="helpers")
+class ImageNormalisation(layers.Layer):
+    """The last preprocessing stage as the model's first layer: clean [0, 1] images in, the
+    representation the backbone expects out (``mode``: a key of :data:`NORMALISATIONS`).
+
+    Written with ``keras.ops`` only, so it runs and saves on every backend; a saved model
+    reloads with it once ``helpers.models`` is imported.
+    """
+
+    def __init__(self, mode: str = "unit", **kwargs) -> None:
+        super().__init__(**kwargs)
+        if mode not in NORMALISATIONS:
+            raise ValueError(f"unknown normalisation {mode!r}; known: {', '.join(NORMALISATIONS)}")
+        self.mode = mode
+
+    def call(self, inputs):
+        x = ops.cast(inputs, self.compute_dtype)
+        mode = self.mode
+        if mode == "unit":
+            return x
+        if mode == "tf":
+            return x * 2.0 - 1.0
+        if mode == "raw255":
+            return x * 255.0
+        if mode == "caffe":
+            mean = ops.convert_to_tensor(CAFFE_MEAN_BGR, dtype=self.compute_dtype)
+            return ops.flip(x, axis=-1) * 255.0 - mean
+        if mode == "torch":
+            mean = ops.convert_to_tensor(IMAGENET_MEAN_RGB, dtype=self.compute_dtype)
+            std = ops.convert_to_tensor(IMAGENET_STD_RGB, dtype=self.compute_dtype)
+            return (x - mean) / std
+        axes = tuple(range(1, len(x.shape)))
+        if mode == "decimal_scaling":
+            values = x * 255.0
+            peak = ops.max(ops.abs(values), axis=axes, keepdims=True)
+            safe = ops.where(peak > 0, peak, ops.ones_like(peak))
+            power = ops.floor(ops.log10(safe)) + 1.0
+            return ops.where(peak > 0, values / ops.power(10.0, power), values)
+        centred = x - ops.mean(x, axis=axes, keepdims=True)
+        if mode == "mean_normalisation":
+            return centred
+        std = ops.std(x, axis=axes, keepdims=True)  # zero_mean
+        return centred / ops.where(std > 0, std, ops.ones_like(std))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mode": self.mode}
+
+
+def input_normalisation(backbone: str, normalisation: str) -> str:
+    """The concrete :data:`NORMALISATIONS` key: ``"imagenet"`` becomes the backbone's own."""
+    if normalisation == IMAGENET:
+        return get_backbone(backbone).imagenet_normalisation
+    if normalisation not in NORMALISATIONS:
+        raise ValueError(f"unknown normalisation {normalisation!r}; known: {IMAGENET}, "
+                         f"{', '.join(NORMALISATIONS)}")
+    return normalisation
+
+
+def default_normalisation(weights: str | Path | None) -> str:
+    """``"imagenet"`` (the backbone's convention) for ImageNet or file weights, else ``"unit"``."""
+    return IMAGENET if weights is not None else "unit"
+
+
+def describe_normalisation(backbone: str, normalisation: str) -> str:
+    """E.g. ``"caffe (ImageNet 'caffe' convention: ...)"`` for reports and run records."""
+    parts = []
+    for name in backbone.split("+"):
+        mode = input_normalisation(name, normalisation)
+        parts.append(f"{mode} ({NORMALISATIONS[mode]})" if "+" not in backbone
+                     else f"{get_backbone(name).display_name} pathway: {mode}")
+    return "; ".join(parts)
 
 
 def torch_preprocess_input(x, data_format=None):
     """ImageNet "torch" preprocessing: RGB scaled to [0, 1], minus mean, over std."""
     return imagenet_utils.preprocess_input(x, data_format=data_format, mode="torch")
+
+
+def tf_preprocess_input(x, data_format=None):
+    """ImageNet "tf" preprocessing: 0-255 to [-1, 1]."""
+    return imagenet_utils.preprocess_input(x, data_format=data_format, mode="tf")
 
 
 def caffe_preprocess_input(x, data_format=None):
@@ -284,8 +402,7 @@ def GoogLeNet(include_top: bool = False, weights: None = None,
 # --------------------------------------------------------------------------------------------
 
 
-def _mobilenetv2_file(rows: int) -> str:
-    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5"
+MOBILENETV2_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -293,70 +410,77 @@ BACKBONES: dict[str, Backbone] = {
         "vgg16", "VGG16", keras.applications.VGG16,
         keras.applications.vgg16.preprocess_input, (224, 224), 32,
         ("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",),
-        KERAS_WEIGHTS_URL + "vgg16/",
+        KERAS_WEIGHTS_URL + "vgg16/", imagenet_normalisation="caffe",
     ),
     "vgg19": Backbone(
         "vgg19", "VGG19", keras.applications.VGG19,
         keras.applications.vgg19.preprocess_input, (224, 224), 32,
         ("vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",),
-        KERAS_WEIGHTS_URL + "vgg19/",
+        KERAS_WEIGHTS_URL + "vgg19/", imagenet_normalisation="caffe",
     ),
     "resnet50": Backbone(
         "resnet50", "ResNet50", keras.applications.ResNet50,
         keras.applications.resnet50.preprocess_input, (224, 224), 32,
         ("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",),
-        KERAS_WEIGHTS_URL + "resnet/",
+        KERAS_WEIGHTS_URL + "resnet/", imagenet_normalisation="caffe",
     ),
     "resnet50v2": Backbone(
         "resnet50v2", "ResNet50V2", keras.applications.ResNet50V2,
         keras.applications.resnet_v2.preprocess_input, (224, 224), 32,
         ("resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",),
-        KERAS_WEIGHTS_URL + "resnet/",
+        KERAS_WEIGHTS_URL + "resnet/", imagenet_normalisation="tf",
     ),
     "mobilenetv2": Backbone(
         "mobilenetv2", "MobileNetV2", keras.applications.MobileNetV2,
         keras.applications.mobilenet_v2.preprocess_input, (224, 224), 32,
-        tuple(_mobilenetv2_file(rows) for rows in MOBILENETV2_SIZES),
-        KERAS_WEIGHTS_URL + "mobilenet_v2/",
+        (MOBILENETV2_FILE,), KERAS_WEIGHTS_URL + "mobilenet_v2/", imagenet_normalisation="tf",
     ),
     "mobilenetv3small": Backbone(
         "mobilenetv3small", "MobileNetV3Small", keras.applications.MobileNetV3Small,
         keras.applications.mobilenet_v3.preprocess_input, (224, 224), 32,
         ("weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",),
-        KERAS_WEIGHTS_URL + "mobilenet_v3/",
+        KERAS_WEIGHTS_URL + "mobilenet_v3/", imagenet_normalisation="raw255",
+        builtin_rescaling=True,
     ),
     "mobilenetv3large": Backbone(
         "mobilenetv3large", "MobileNetV3Large", keras.applications.MobileNetV3Large,
         keras.applications.mobilenet_v3.preprocess_input, (224, 224), 32,
         ("weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",),
-        KERAS_WEIGHTS_URL + "mobilenet_v3/",
+        KERAS_WEIGHTS_URL + "mobilenet_v3/", imagenet_normalisation="raw255",
+        builtin_rescaling=True,
     ),
     "densenet121": Backbone(
         "densenet121", "DenseNet121", keras.applications.DenseNet121,
         keras.applications.densenet.preprocess_input, (224, 224), 32,
         ("densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",),
-        KERAS_WEIGHTS_URL + "densenet/",
+        KERAS_WEIGHTS_URL + "densenet/", imagenet_normalisation="torch",
     ),
     "inceptionv3": Backbone(
         "inceptionv3", "InceptionV3", keras.applications.InceptionV3,
         keras.applications.inception_v3.preprocess_input, (299, 299), 75,
         ("inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",),
-        KERAS_WEIGHTS_URL + "inception_v3/",
+        KERAS_WEIGHTS_URL + "inception_v3/", imagenet_normalisation="tf",
     ),
     # Minimum sizes of the three below are exact: the smallest input whose last pooling
     # still gets a full window (AlexNet 63, SqueezeNet 31); GoogLeNet pools with "same"
     # padding and works at any size, 32 is kept as for Keras' networks.
+    # AlexNet and GoogLeNet: torchvision's ImageNet weights, converted (helpers.torchvision_weights).
+    # GoogLeNet's are used with torchvision's transform_input, which turns torch-normalised input
+    # into [-1, 1]: its convention is "tf".
     "alexnet": Backbone(
-        "alexnet", "AlexNet", AlexNet, torch_preprocess_input, (227, 227), 63, (), "",
-        written_here=True,
+        "alexnet", "AlexNet", AlexNet, torch_preprocess_input, (227, 227), 63,
+        (TORCHVISION_FILES["alexnet"].keras_file,), TORCHVISION_FILES["alexnet"].url_base,
+        written_here=True, imagenet_normalisation="torch",
     ),
     "squeezenet": Backbone(
         "squeezenet", "SqueezeNet 1.1", SqueezeNet, caffe_preprocess_input, (227, 227), 31,
         (SQUEEZENET_IMAGENET_FILE,), SQUEEZENET_WEIGHTS_URL, written_here=True,
+        imagenet_normalisation="caffe",
     ),
     "googlenet": Backbone(
-        "googlenet", "GoogLeNet", GoogLeNet, torch_preprocess_input, (224, 224), 32, (), "",
-        written_here=True,
+        "googlenet", "GoogLeNet", GoogLeNet, tf_preprocess_input, (224, 224), 32,
+        (TORCHVISION_FILES["googlenet"].keras_file,), TORCHVISION_FILES["googlenet"].url_base,
+        written_here=True, imagenet_normalisation="tf",
     ),
 }
 
@@ -509,30 +633,25 @@ def get_backbone(name: str) -> Backbone:
     return _lookup(BACKBONES, name, "backbone")
 
 
+WEIGHTS_ORIGINS: dict[str, str] = {
+    "squeezenet": "rcmalli/keras-squeezenet port",
+    "alexnet": "torchvision, converted",
+    "googlenet": "torchvision, converted",
+}
+"""Where a backbone's ImageNet weights come from when it is not keras.applications."""
+
+
 def describe_weights(weights: str | Path | None, backbone: str | None = None) -> str:
     """Human-readable weights origin for reports (``backbone`` makes "imagenet" more precise)."""
     if weights is None:
         return "random init (weights=None)"
     if backbone is not None and "+" in backbone:  # a fusion, e.g. FUSION_NAME
-        return _describe_fusion_weights(weights, backbone)
+        return ", ".join(f"{describe_weights(weights, name)} ({get_backbone(name).display_name} pathway)"
+                         for name in backbone.split("+"))
     if str(weights) == "imagenet":
-        if backbone is not None and not get_backbone(backbone).imagenet_files:
-            return f"imagenet (unavailable: no Keras ImageNet weights exist for {backbone})"
-        if backbone == "squeezenet":
-            return "imagenet (rcmalli/keras-squeezenet port)"
-        return "imagenet"
+        origin = WEIGHTS_ORIGINS.get(backbone or "")
+        return f"imagenet ({origin})" if origin else "imagenet"
     return f"file: {Path(weights).name}"
-
-
-def _describe_fusion_weights(weights: str | Path, fusion: str) -> str:
-    """E.g. "imagenet (ResNet50 pathway), random init (AlexNet pathway)" (see build_fusion)."""
-    own = "imagenet" if str(weights) == "imagenet" else f"file: {Path(weights).name}"
-    parts = []
-    for name in fusion.split("+"):
-        spec = get_backbone(name)
-        origin = own if spec.imagenet_files else "random init"
-        parts.append(f"{origin} ({spec.display_name} pathway)")
-    return ", ".join(parts)
 
 
 def keras_models_dir() -> Path:
@@ -546,25 +665,18 @@ def keras_models_dir() -> Path:
     return base / "models"
 
 
-def _no_imagenet_message(backbone: Backbone) -> str:
-    return (f"{backbone.display_name} has no ImageNet weights for Keras: neither "
-            f"keras.applications nor this project provides them, so weights='imagenet' cannot "
-            f"work for it. Fix: use weights=None (random start), or pass the path of a "
-            f".weights.h5 file saved from this backbone (model.save_weights).")
+def imagenet_file_name(name: str, input_shape: tuple[int, int, int] | None = None) -> str:
+    """The Keras cache file holding ``name``'s no-top ImageNet weights (the same at any size)."""
+    return get_backbone(name).imagenet_files[0]
 
 
-def imagenet_file_name(name: str, input_shape: tuple[int, int, int]) -> str:
-    """The Keras cache file holding ``name``'s no-top ImageNet weights for ``input_shape``.
-
-    MobileNetV2 has one file per square size in 96/128/160/192/224; other sizes use 224.
-    """
-    backbone = get_backbone(name)
-    if not backbone.imagenet_files:
-        raise WeightsUnavailableError(_no_imagenet_message(backbone))
-    if name == "mobilenetv2":
-        rows, cols = input_shape[0], input_shape[1]
-        return _mobilenetv2_file(rows if rows == cols and rows in MOBILENETV2_SIZES else 224)
-    return backbone.imagenet_files[0]
+def cached_imagenet_weights(name: str) -> str | None:
+    """The path of backbone ``name``'s ImageNet file when it is already in Keras' cache, else None
+    (nothing is downloaded)."""
+    try:
+        return str(imagenet_weights_path(name, download=False))
+    except WeightsUnavailableError:
+        return None
 
 
 def _download_imagenet_file(file_name: str, url: str, models_dir: Path) -> Path:
@@ -578,15 +690,25 @@ def _download_imagenet_file(file_name: str, url: str, models_dir: Path) -> Path:
         socket.setdefaulttimeout(previous)
 
 
-def _imagenet_weights_path(backbone: Backbone, input_shape: tuple[int, int, int]) -> Path:
-    """Path of the cached ImageNet file, downloading it through Keras if it is missing."""
-    file_name = imagenet_file_name(backbone.name, input_shape)
+def imagenet_weights_path(name: str, *, download: bool = True) -> Path:
+    """Path of the cached ImageNet file of backbone ``name``, downloading it if it is missing.
+
+    AlexNet and GoogLeNet: torchvision's file, downloaded and converted once
+    (:func:`helpers.torchvision_weights.ensure_keras_weights`). Others: Keras' own file and
+    download. Offline and not cached: :class:`WeightsUnavailableError` saying which file to put where.
+    """
+    backbone = get_backbone(name)
     models_dir = keras_models_dir()
+    if name in TORCHVISION_FILES:
+        return ensure_keras_weights(name, models_dir, download=download)
+    file_name = imagenet_file_name(name)
     cached = models_dir / file_name
     if cached.is_file():
         return cached
     url = backbone.weights_base_url + file_name
     try:
+        if not download:
+            raise FileNotFoundError("not cached, and download=False")
         return _download_imagenet_file(file_name, url, models_dir)
     except Exception as error:  # noqa: BLE001 - any failure means "not available"
         raise WeightsUnavailableError(
@@ -672,20 +794,28 @@ def _is_legacy_h5(path: Path) -> bool:
 
 
 def build_backbone(name: str, *, weights: str | Path | None,
-                   input_shape: tuple[int, int, int]) -> keras.Model:
-    """The backbone ``name`` without its ImageNet classifier, as a model named ``name``."""
+                   input_shape: tuple[int, int, int],
+                   builtin_rescaling: bool | None = None) -> keras.Model:
+    """The backbone ``name`` without its ImageNet classifier, as a model named ``name``.
+
+    ``builtin_rescaling`` (MobileNetV3 only): keep its own input rescaling layer; None keeps it
+    exactly when the model is fed in its ImageNet convention (see :func:`build_classifier`).
+    """
     backbone = get_backbone(name)
     shape = _check_input_shape(backbone, input_shape)
     weights_path: Path | None = None
     if weights is not None and str(weights) == "imagenet":
-        weights_path = _imagenet_weights_path(backbone, shape)
+        weights_path = imagenet_weights_path(name)
     elif weights is not None:
         weights_path = Path(weights)
         if not weights_path.is_file():
             raise FileNotFoundError(f"weights file not found: {weights_path}")
         if weights_path.suffix != ".h5":
             raise ValueError(f"weights file {weights_path} must be a .h5 or .weights.h5 file")
-    model = backbone.constructor(include_top=False, weights=None, input_shape=shape, name=name)
+    extra = {}
+    if backbone.builtin_rescaling:
+        extra["include_preprocessing"] = True if builtin_rescaling is None else bool(builtin_rescaling)
+    model = backbone.constructor(include_top=False, weights=None, input_shape=shape, name=name, **extra)
     if weights_path is not None:
         try:
             if backbone.written_here and _is_legacy_h5(weights_path):
@@ -824,8 +954,13 @@ def set_batch_norm_momentum(model: keras.Model, momentum: float) -> int:
 def build_classifier(backbone: str, *, head: str = "paper000",
                      weights: str | Path | None = None, freeze: str | int = "base",
                      input_shape: tuple[int, int, int] | None = None, num_classes: int = 2,
-                     seed: int | None = None) -> keras.Model:
-    """Backbone + head classifier named ``<backbone>_<head>``, outputting class probabilities.
+                     seed: int | None = None, normalisation: str | None = None) -> keras.Model:
+    """``image -> normalisation -> backbone -> head``, named ``<backbone>_<head>``, outputting
+    class probabilities. The input is a clean image in [0, 1].
+
+    ``normalisation``: a key of :data:`NORMALISATIONS`, or ``"imagenet"`` for the backbone's
+    own ImageNet convention; None means ``"imagenet"`` with weights and ``"unit"`` without
+    (:func:`default_normalisation`). It is the layer ``normalisation`` of the model.
 
     ``freeze``: ``"base"`` (backbone frozen, its batch norm in inference mode), ``"none"``
     (everything trainable, batch norm statistics updated by ``fit``) or ``N`` / ``"top-N"``
@@ -843,14 +978,17 @@ def build_classifier(backbone: str, *, head: str = "paper000",
     freeze = parse_freeze(freeze)
     if input_shape is None:
         input_shape = (*spec.default_input_size, 3)
+    mode = input_normalisation(backbone, normalisation or default_normalisation(weights))
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    base = build_backbone(backbone, weights=weights, input_shape=input_shape)
+    base = build_backbone(backbone, weights=weights, input_shape=input_shape,
+                          builtin_rescaling=mode == "raw255")
     if weights is None:
         set_batch_norm_momentum(base, SCRATCH_BN_MOMENTUM)
     _apply_freeze(base, freeze, spec.display_name)
     inputs = keras.Input(shape=tuple(base.input_shape[1:]), name="image")
-    features = base(inputs)  # batch-norm mode follows the trainable flags (see _apply_freeze)
+    normalised = ImageNormalisation(mode, name="normalisation")(inputs)
+    features = base(normalised)  # batch-norm mode follows the trainable flags (see _apply_freeze)
     outputs = head_fn(features, num_classes=num_classes, seed=seed, backbone=backbone)
     return keras.Model(inputs, outputs, name=f"{backbone}_{head}")
 
@@ -904,17 +1042,12 @@ def _pathway_layer(name: str, stage: int) -> tuple[str, str]:
     return f"{name}_to_{word}{stage}", cuts[stage]
 
 
-def _pathway_takes_weights(name: str) -> bool:
-    """True for a pathway whose network has ImageNet weights (ResNet50); AlexNet has none."""
-    return bool(get_backbone(name).imagenet_files)
-
-
 def pathway(name: str, *, stage: int, weights: str | Path | None,
             input_shape: tuple[int, int, int]) -> keras.Model:
     """Backbone ``name`` (from ``BACKBONES``) cut after ``stage``, e.g. ``resnet50_to_stage3``.
 
     ``stage`` is a key of ``RESNET50_STAGES`` (ResNet50) or ``ALEXNET_BLOCKS`` (AlexNet).
-    ``weights`` as in ``build_backbone``: "imagenet" for AlexNet raises WeightsUnavailableError.
+    ``weights`` as in ``build_backbone``.
     """
     model_name, layer_name = _pathway_layer(name, stage)
     base = build_backbone(name, weights=weights, input_shape=input_shape)
@@ -953,7 +1086,8 @@ def _fusion_refine_and_head(x: keras.KerasTensor, *, num_classes: int,
 def build_fusion(*, pathways: tuple[str, ...] = ("resnet50", "alexnet"), resnet_stage: int = 3,
                  alexnet_blocks: int = 2, weights: str | Path | None = None,
                  freeze: str = "none", input_shape: tuple[int, int, int] = (227, 227, 3),
-                 num_classes: int = 3, seed: int | None = None) -> keras.Model:
+                 num_classes: int = 3, seed: int | None = None,
+                 normalisation: str | None = None) -> keras.Model:
     """Paper 003's fusion: ResNet50 and AlexNet pathways -> concat -> refine -> FC -> softmax.
 
     One input ``image`` feeds every pathway (the data's preprocessing is the preset's). With
@@ -964,9 +1098,10 @@ def build_fusion(*, pathways: tuple[str, ...] = ("resnet50", "alexnet"), resnet_
     (``ALEXNET_BLOCKS``).
 
     ``weights``: None (random start; pathway batch-norm momentum lowered to
-    ``SCRATCH_BN_MOMENTUM``), "imagenet" or a ResNet50 weights file. They apply to the
-    ResNet50 pathway only: Keras has no ImageNet AlexNet, so the AlexNet pathway always starts
-    from random weights. ``freeze``: "none" (all trainable) or "base" (both pathways frozen,
+    ``SCRATCH_BN_MOMENTUM``) or "imagenet" (Keras' ResNet50, torchvision's AlexNet). Each
+    pathway has its own normalisation layer ``<pathway>_normalisation`` (``normalisation`` as
+    in :func:`build_classifier`: with "imagenet" each pathway gets its own convention, caffe
+    for ResNet50 and torch for AlexNet). ``freeze``: "none" (all trainable) or "base" (both pathways frozen,
     their batch norm in inference mode; refinement and head trainable). ``seed`` seeds every
     initialiser (``keras.utils.set_random_seed``) and the dropouts.
     """
@@ -988,12 +1123,13 @@ def build_fusion(*, pathways: tuple[str, ...] = ("resnet50", "alexnet"), resnet_
     inputs = keras.Input(shape=tuple(int(side) for side in input_shape), name="image")
     maps = {}
     for name in names:
-        model = pathway(name, stage=stages[name], input_shape=input_shape,
-                        weights=weights if _pathway_takes_weights(name) else None)
+        model = pathway(name, stage=stages[name], input_shape=input_shape, weights=weights)
         if weights is None:
             set_batch_norm_momentum(model, SCRATCH_BN_MOMENTUM)
         _apply_freeze(model, freeze, get_backbone(name).display_name)
-        maps[name] = model(inputs)  # batch-norm mode follows the trainable flags
+        mode = input_normalisation(name, normalisation or default_normalisation(weights))
+        normalised = ImageNormalisation(mode, name=f"{name}_normalisation")(inputs)
+        maps[name] = model(normalised)  # batch-norm mode follows the trainable flags
     if len(names) == 1:
         x = maps[names[0]]
     else:

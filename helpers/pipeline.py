@@ -24,7 +24,7 @@ class PreparedData:
     settings: RunSettings
     manifest: pd.DataFrame          # one row per kept image, with `target` and `split`
     class_names: list[str]
-    x: dict[str, np.ndarray]        # split -> (N, H, W, 3) float32
+    x: dict[str, np.ndarray]        # split -> (N, H, W, 3) clean images in [0, 1], float16
     y: dict[str, np.ndarray]        # split -> (N,) int class indices
     patients: dict[str, np.ndarray]  # split -> (N,) patient ids
     skipped: list[tuple[str, str]]    # (image file, reason): unreadable images left out
@@ -163,6 +163,8 @@ def run_record(
     classifier: str = "network",
 ) -> dict[str, Any]:
     """The `run` section of metrics.json: which data, weights and profile produced the numbers."""
+    from helpers import models
+
     return {
         "name": run_name,
         "notebook": notebook,
@@ -177,6 +179,9 @@ def run_record(
         "classifier": classifier,
         "head": settings.head,
         "weights": weights_description,
+        "normalisation": settings.normalisation,
+        "normalisation_applied": models.describe_normalisation(settings.backbone, settings.normalisation),
+        "cache_features": settings.cache_features,
         "freeze": settings.freeze,
         "optimiser": settings.optimiser,
         "loss": settings.loss,
@@ -211,7 +216,8 @@ def build_model(settings: RunSettings, data: PreparedData) -> "keras.Model":
     training.set_determinism(settings.seed)
     return models.build_classifier(settings.backbone, head=settings.head, weights=settings.weights,
                                    freeze=settings.freeze, input_shape=(*settings.image_size, 3),
-                                   num_classes=len(data.class_names), seed=settings.seed)
+                                   num_classes=len(data.class_names), seed=settings.seed,
+                                   normalisation=settings.normalisation)
 
 
 def make_augmenter(settings: RunSettings):
@@ -221,8 +227,7 @@ def make_augmenter(settings: RunSettings):
     if settings.augmentation == "none":
         return None
     return augmentation.build_augmenter(settings.augmentation, image_size=settings.image_size,
-                                        seed=settings.seed,
-                                        value_range=preprocessing.preset_value_range(settings.preset))
+                                        seed=settings.seed)
 
 
 def training_arrays(settings: RunSettings, data: PreparedData, augmenter) -> tuple[np.ndarray, np.ndarray]:
@@ -245,27 +250,51 @@ def training_arrays(settings: RunSettings, data: PreparedData, augmenter) -> tup
 def train_model(settings: RunSettings, model: "keras.Model", data: PreparedData,
                 run_dir: Path | str, *, verbose: int | str = 2) -> pd.DataFrame:
     """Compile with the recipe's optimiser and loss, then fit with augmentation on the training
-    split only, class weights, the best-``val_loss`` checkpoint and optional fine-tuning phase."""
+    split only, class weights, the best-``val_loss`` checkpoint and optional fine-tuning phase.
+
+    With ``settings.cache_features`` (a frozen ImageNet base) the base's features are computed
+    once per image and only the head is trained on them (:func:`helpers.training.split_at_backbone`);
+    the whole model, with the trained head, is what is kept.
+    """
     from helpers import training
 
-    training.compile_classifier(model, optimiser=settings.optimiser, learning_rate=settings.learning_rate,
+    trained = model
+    x_train, y_train = data.x["train"], data.y["train"]
+    x_val = data.x["val"]
+    augmenter = None
+    if settings.cache_features:
+        features, trained = training.split_at_backbone(model)
+        x_train = training.predict_batches(features, x_train, batch_size=settings.batch_size)
+        x_val = training.predict_batches(features, x_val, batch_size=settings.batch_size)
+    else:
+        augmenter = make_augmenter(settings)
+        x_train, y_train = training_arrays(settings, data, augmenter)
+    training.compile_classifier(trained, optimiser=settings.optimiser, learning_rate=settings.learning_rate,
                                 loss=settings.loss, weight_decay=settings.weight_decay,
                                 momentum=0.9 if settings.momentum is None else settings.momentum,
                                 jit_compile=settings.jit_compile,
                                 run_eagerly=settings.run_eagerly)
-    augmenter = make_augmenter(settings)
-    x_train, y_train = training_arrays(settings, data, augmenter)
-    return training.train(model, x_train, y_train, data.x["val"], data.y["val"],
+    return training.train(trained, x_train, y_train, x_val, data.y["val"],
                           epochs=settings.epochs, batch_size=settings.batch_size, run_dir=Path(run_dir),
                           seed=settings.seed, class_weight=training.class_weights(y_train),
                           augment=augmenter, fine_tune_epochs=settings.fine_tune_epochs,
-                          fine_tune_learning_rate=settings.fine_tune_learning_rate, verbose=verbose)
+                          fine_tune_learning_rate=settings.fine_tune_learning_rate, verbose=verbose,
+                          saved_model=model)
 
 
 def write_metrics(run_dir: Path | str, record: dict[str, Any], results: dict[str, Any]) -> Path:
     """Write ``metrics.json`` (schema-versioned, atomic) into ``run_dir``."""
     payload = {"run": record, **results}
     return evaluation.write_metrics_json(Path(run_dir) / "metrics.json", payload)
+
+
+def write_predictions(run_dir: Path | str, data: PreparedData, y_prob: np.ndarray) -> Path:
+    """``predictions.csv``: each test image's class probabilities (image file name, patient,
+    true class), so that two runs on the same test split can be compared pair by pair."""
+    test = data.manifest[data.manifest["split"] == "test"]
+    return evaluation.write_predictions(Path(run_dir) / evaluation.PREDICTIONS_FILE, data.y["test"], y_prob,
+                                        data.class_names, images=[Path(p).name for p in test["image_path"]],
+                                        patient_ids=data.patients["test"])
 
 
 def metrics_table(results: dict[str, Any]) -> pd.DataFrame:
@@ -287,7 +316,7 @@ def figure_title(settings: RunSettings, what: str) -> str:
     from helpers.models import describe_weights
 
     return (f"{settings.backbone}: {what}\n{settings.dataset} data, {settings.profile} profile\n"
-            f"weights: {describe_weights(settings.weights)}")
+            f"weights: {describe_weights(settings.weights)}, normalisation: {settings.normalisation}")
 
 
 def evaluate_probabilities(settings: RunSettings, data: PreparedData, y_prob: np.ndarray) -> dict[str, Any]:
@@ -365,6 +394,8 @@ def trained_network(settings: RunSettings, data: PreparedData, run_dir: Path | s
     and trained here exactly as lesson 3 does. Returns (model, source, history or None)."""
     import keras
 
+    from helpers import models  # noqa: F401 - registers ImageNormalisation for load_model
+
     model_file, reason = reusable_network(settings, data, network_dir)
     if model_file is not None:
         return keras.saving.load_model(model_file, compile=False), reason, None
@@ -413,7 +444,7 @@ def build_fusion_model(settings: RunSettings, data: PreparedData, pathways: tupl
     return models.build_fusion(pathways=pathways, resnet_stage=resnet_stage, alexnet_blocks=alexnet_blocks,
                                weights=settings.weights, freeze=settings.freeze,
                                input_shape=(*settings.image_size, 3), num_classes=len(data.class_names),
-                               seed=settings.seed)
+                               seed=settings.seed, normalisation=settings.normalisation)
 
 
 def train_and_test(settings: RunSettings, data: PreparedData, name: str, model: "keras.Model",
@@ -451,7 +482,7 @@ def reload_check(model: "keras.Model", folder: Path | str, data: PreparedData) -
     predictions with the model in memory; a mismatch is an error."""
     import keras
 
-    from helpers import training
+    from helpers import models, training  # noqa: F401 - models registers ImageNormalisation
 
     path = Path(folder) / training.BEST_MODEL_FILE
     reloaded = keras.saving.load_model(path, compile=False)

@@ -20,7 +20,7 @@ PROFILE_KEYS = (
     "description", "dataset", "dataset_options", "task", "use_roi", "image_size", "epochs",
     "batch_size", "learning_rate", "freeze", "weights", "n_boot", "timeout_s", "scaled_down",
     "skip_bad", "augmentation", "offline_expansion", "fine_tune_epochs",
-    "run_eagerly", "jit_compile", "jobs",
+    "run_eagerly", "jit_compile", "jobs", "cache_features", "baseline_freeze",
 )
 SPLIT_METHODS = ("patient", "by-magnification", "official")
 FUSION = "resnet50+alexnet"  # paper 003's fusion network as a run's "backbone" (helpers.models.FUSION_NAME)
@@ -37,6 +37,12 @@ class RunSpec:
     after_all: bool = False
     suites: tuple[str, ...] = (DEFAULT_SUITE,)  # the suites (named sets of runs) it belongs to
     reuses: str | None = None  # an earlier run whose trained network this run reads (NETWORK_DIR)
+    baseline_of: str | None = None  # an earlier run this one repeats from random weights
+
+
+BASELINE_PARAMETERS = {"WEIGHTS": "none"}
+"""What a ``baseline_of`` run changes in the run it repeats: random initial weights. Its freezing
+is the profile's ``baseline_freeze`` ("none": every layer trained) unless the entry names one."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,8 @@ class RunSettings:
     split: str = "patient"  # one of SPLIT_METHODS
     run_eagerly: bool = False  # no graph tracing: faster for runs of a few steps (smoke)
     jit_compile: bool | str = False  # XLA: "auto" pays off on a GPU, not on a CPU
+    normalisation: str = "unit"  # the model's first layer: "imagenet" (the backbone's own) or the paper's
+    cache_features: bool = False  # frozen base: compute its features once, train the head on them
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,11 +110,13 @@ def load_plan(path: Path | str | None = None) -> Plan:
         unknown = set(profile) - set(PROFILE_KEYS)
         if unknown:
             raise ValueError(f"{path}: profile {name!r} has unknown keys {sorted(unknown)}")
-    runs = []
+    runs: list[RunSpec] = []
     for entry in raw["runs"]:
         try:
             if "suites" in entry:
                 entry = {**entry, "suites": tuple(entry["suites"])}
+            if entry.get("baseline_of"):
+                entry = _baseline_entry(entry, {run.name: run for run in runs}, path)
             runs.append(RunSpec(**entry))
         except TypeError as error:
             raise ValueError(f"{path}: bad run entry {entry!r} ({error})") from error
@@ -124,6 +134,19 @@ def load_plan(path: Path | str | None = None) -> Plan:
             raise ValueError(f"{path}: run {run.name!r} is in suites {sorted(missing)} without the run "
                              f"{run.reuses!r} it reuses")
     return Plan(profiles=profiles, runs=tuple(runs), source=path)
+
+
+def _baseline_entry(entry: dict[str, Any], earlier: dict[str, RunSpec], path: Path) -> dict[str, Any]:
+    """A ``baseline_of: X`` entry completed from run X: its notebook, study, suites and
+    parameters, with :data:`BASELINE_PARAMETERS` and the entry's own parameters on top (the
+    profile's ``baseline_freeze`` is added in :func:`planned_runs`)."""
+    original = earlier.get(entry["baseline_of"])
+    if original is None:
+        raise ValueError(f"{path}: run {entry.get('name')!r} is the baseline of {entry['baseline_of']!r}, "
+                         f"which is not an earlier run")
+    return {"notebook": original.notebook, "study": original.study, "suites": original.suites,
+            "reuses": None, **entry,
+            "parameters": {**original.parameters, **BASELINE_PARAMETERS, **(entry.get("parameters") or {})}}
 
 
 def get_profile(name: str, plan: Plan | None = None) -> dict[str, Any]:
@@ -178,20 +201,15 @@ def resolve_settings(
     weights = _weights(overrides.get("weights", "profile"), prof.get("weights"))
     freeze = pick("freeze", recipe.freeze)
     scaled_down = tuple(prof.get("scaled_down") or ())
-    if weights == "imagenet" and backbone is not None and "weights" not in overrides:
-        from helpers import models
-
-        if backbone == FUSION:
-            scaled_down += ("the fusion's AlexNet pathway starts from random weights: Keras has no ImageNet "
-                            "AlexNet (its ResNet50 pathway loads ImageNet weights)",)
-            spec = None
-        else:
-            spec = models.get_backbone(backbone)
-        if spec is not None and not spec.imagenet_files:  # AlexNet, GoogLeNet: Keras has no ImageNet file for them
-            weights = None
-            freeze = "none" if "freeze" not in overrides else freeze
-            scaled_down += (f"random initial weights for {spec.display_name}: no ImageNet weights "
-                            f"exist for it in Keras, so it is trained from scratch",)
+    chosen_preset = overrides.get("preset", preset)
+    normalisation = overrides.get("normalisation") or (
+        "imagenet" if weights is not None else preprocessing.get_preset(chosen_preset).normalisation)
+    augmentation = _augmentation(pick("augmentation", "paper"), study)
+    cache_features = bool(pick("cache_features", False)) and freeze == "base" and backbone != FUSION
+    if cache_features:
+        scaled_down += ("frozen base: its features computed once and the head trained on them, so without "
+                        f"the paper's augmentation ({augmentation})",)
+        augmentation = "none"
     return RunSettings(
         profile=profile,
         study=study,
@@ -201,7 +219,7 @@ def resolve_settings(
         dataset_options=options,
         task=pick("task", recipe.task),
         use_roi=bool(pick("use_roi", False)),
-        preset=overrides.get("preset", preset),
+        preset=chosen_preset,
         image_size=_image_size(_keep_aspect(pick("image_size", recipe.input_size or 224), recipe.input_size,
                                             explicit="image_size" in overrides), backbone,
                                explicit="image_size" in overrides),
@@ -219,7 +237,7 @@ def resolve_settings(
         val_size=float(overrides.get("val_size", 0.2)),
         scaled_down=scaled_down,
         skip_bad=bool(pick("skip_bad", False)),
-        augmentation=_augmentation(pick("augmentation", "paper"), study),
+        augmentation=augmentation,
         offline_expansion=int(pick("offline_expansion", recipe.offline_expansion)) if recipe.offline_expansion else 1,
         fine_tune_epochs=int(pick("fine_tune_epochs", 0)),
         fine_tune_learning_rate=overrides.get("fine_tune_learning_rate"),
@@ -228,6 +246,8 @@ def resolve_settings(
         split=_split_method(overrides.get("split"), study, chosen_dataset),
         run_eagerly=bool(pick("run_eagerly", False)),
         jit_compile=pick("jit_compile", False),
+        normalisation=normalisation,
+        cache_features=cache_features,
     )
 
 
@@ -262,7 +282,7 @@ PARAMETER_SETTINGS = {
     "STUDY": "study", "BACKBONE": "backbone", "DATASET": "dataset", "DATA_DIR": "data_dir",
     "TASK": "task", "USE_ROI": "use_roi", "WEIGHTS": "weights", "FREEZE": "freeze",
     "OPTIMISER": "optimiser", "EPOCHS": "epochs", "IMAGE_SIZE": "image_size", "SKIP_BAD": "skip_bad",
-    "SEED": "seed",
+    "SEED": "seed", "NORMALISATION": "normalisation",
 }
 """Notebook parameter -> :func:`resolve_settings` argument (the lesson notebooks' convention)."""
 
@@ -340,6 +360,7 @@ class PlannedRun:
     timeout_s: int
     after_all: bool
     reuses: str | None = None
+    baseline_of: str | None = None
 
 
 def suites(plan: Plan | None = None) -> list[str]:
@@ -388,10 +409,13 @@ def planned_runs(
         missing = sorted(set(only) - set(known))
         if missing:
             raise KeyError(f"unknown run(s) {missing} in suite {suite!r}; it has {known}")
+    by_name = {run.name: run for run in plan.runs}
     result = []
     for run in in_suite:
         if only and run.name not in only:
             continue
+        if run.baseline_of and not _starts_from_weights(by_name[run.baseline_of], prof):
+            continue  # its original already starts from random weights under this profile
         parameters: dict[str, Any] = {
             "PROFILE": profile,
             "RUN_NAME": run.name,
@@ -408,6 +432,8 @@ def planned_runs(
         if run.reuses:
             parameters["NETWORK_DIR"] = str(root / run.reuses)
         parameters.update(run.parameters)
+        if run.baseline_of:
+            parameters.setdefault("FREEZE", prof.get("baseline_freeze") or "none")
         result.append(
             PlannedRun(
                 name=run.name,
@@ -417,6 +443,12 @@ def planned_runs(
                 timeout_s=int(prof.get("timeout_s") or 3600),
                 after_all=run.after_all,
                 reuses=run.reuses,
+                baseline_of=run.baseline_of,
             )
         )
     return result
+
+
+def _starts_from_weights(run: RunSpec, profile: dict[str, Any]) -> bool:
+    """Does ``run`` start from pretrained weights under ``profile`` (its own WEIGHTS, else the profile's)?"""
+    return _weights(run.parameters.get("WEIGHTS", "profile"), profile.get("weights")) is not None

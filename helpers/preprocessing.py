@@ -7,6 +7,13 @@ caching the stacked result on disk under a key that hashes every input.
 
 Conventions: steps take and return ``float32`` images (integer images are converted with
 :func:`to_float` first), grey ``HxW`` or colour ``HxWx3``; masks are ``bool``.
+
+A preset ends at a *clean image*: RGB, values in ``[0, 1]``, nothing specific to a backbone or to
+its weights. The last stage, normalisation (the paper's per-image standardisation, or the
+backbone's ImageNet convention when it starts from ImageNet weights), runs inside the model as a
+layer (:class:`helpers.models.ImageNormalisation`), after augmentation; each preset names the
+paper's normalisation in :attr:`Preset.normalisation`. Cached arrays are stored as float16, grey
+presets with one channel (:func:`prepare_arrays`).
 """
 
 from __future__ import annotations
@@ -27,10 +34,15 @@ import pandas as pd
 from helpers import studies
 from helpers.paths import atomic_path, cache_dir as default_cache_dir
 
-PREPROCESSING_VERSION = "1"
+PREPROCESSING_VERSION = "2"
 """Bumped whenever a step changes its output, so that old cached arrays are not reused."""
 
 Size = int | tuple[int, int]
+CLEAN_TOLERANCE = 0.25
+"""How far (of the unit range) a preset's output may overshoot [0, 1] before it is an error
+(a bicubic resize overshoots a little and is clipped; a normalisation step would exceed it)."""
+CACHE_DTYPE = np.float16
+"""Prepared arrays are stored and held as float16 (11 significant bits: finer than 8-bit images)."""
 
 
 class ImageReadError(ValueError):
@@ -150,7 +162,7 @@ def _read_dicom(path: Path, color: bool) -> np.ndarray:
 READERS: dict[str, Callable[[Path, bool], np.ndarray]] = {
     ".pgm": _read_with_opencv, ".png": _read_with_opencv, ".jpg": _read_with_opencv,
     ".jpeg": _read_with_opencv, ".tif": _read_with_opencv, ".tiff": _read_with_opencv,
-    ".dcm": _read_dicom, ".dicom": _read_dicom,
+    ".bmp": _read_with_opencv, ".dcm": _read_dicom, ".dicom": _read_dicom,
 }
 """File extension -> reader ``(path, color) -> array``."""
 
@@ -419,47 +431,12 @@ def scale_01(img: np.ndarray) -> np.ndarray:
     return ((img - low) / (high - low)).astype(np.float32)
 
 
-def zero_mean(img: np.ndarray) -> np.ndarray:
-    """Per-image standardisation (paper 000, eq. 10): ``(x - mean) / std`` over all pixels
-    and channels of this one image, giving mean 0 and std 1. A constant image becomes zeros."""
-    img = _as_float(img)
-    mean, std = float(img.mean()), float(img.std())
-    centred = img - mean
-    return (centred / std if std > 0 else centred).astype(np.float32)
-
-
-def mean_normalisation(img: np.ndarray) -> np.ndarray:
-    """Mean normalisation (paper 003): subtract this image's mean over all pixels and channels.
-
-    Centres the values on zero without dividing by the standard deviation, so the spread of
-    intensities is kept (unlike :func:`zero_mean`).
-    """
-    img = _as_float(img)
-    return (img - np.float32(img.mean())).astype(np.float32)
-
-
-def decimal_scaling(img: np.ndarray) -> np.ndarray:
-    """Decimal scaling: divide by ``10**j``, the smallest power of ten with ``max|x| / 10**j < 1``.
-
-    Meant for raw integer values (uint8/uint16 as read, before :func:`to_float`): 8-bit data
-    (max 255) is divided by 1000, 12-bit (max 4095) by 10000. On float data already in [0, 1)
-    it changes nothing (``j = 0``).
-    """
-    values = img.astype(np.float32)
-    peak = float(np.abs(values).max()) if values.size else 0.0
-    if peak == 0:
-        return values
-    power = math.floor(math.log10(peak)) + 1
-    return (values / np.float32(10.0**power)).astype(np.float32)
-
-
 STEPS: dict[str, Callable[..., np.ndarray]] = {
     "to_float": to_float, "downscale": downscale, "remove_artefacts": remove_artefacts,
     "median_filter": median_filter, "gaussian_filter": gaussian_filter,
     "bilateral_filter": bilateral_filter, "clahe": clahe, "otsu_crop": otsu_crop,
     "contrast_stretch": contrast_stretch, "resize": resize, "grey_to_rgb": grey_to_rgb,
-    "scale_01": scale_01, "zero_mean": zero_mean, "mean_normalisation": mean_normalisation,
-    "decimal_scaling": decimal_scaling,
+    "scale_01": scale_01,
 }
 """Step name -> pure function ``(img, **params) -> img``."""
 
@@ -490,6 +467,8 @@ class Preset:
 
     The ``resize`` step gets its size from ``image_size`` at apply time (profiles fix sizes).
     ``color=True`` reads the files as RGB (histopathology); False reads them grey (mammograms).
+    ``normalisation`` is the paper's own last step, applied inside the model to images in
+    [0, 1] when the backbone starts from random weights (see the module docstring).
     """
 
     name: str
@@ -497,6 +476,7 @@ class Preset:
     description: str
     study: str | None = None
     color: bool = False
+    normalisation: str = "unit"  # the paper's, a key of helpers.models.NORMALISATIONS (in the model)
 
 
 def _recipe(study: str) -> studies.Recipe:
@@ -508,10 +488,10 @@ def _hw_text(size: tuple[int, int] | None) -> str:
 
 
 PAPER003_NORMALISATIONS: tuple[str, ...] = tuple(_recipe("003").preprocessing_params["normalisation"])
-"""The normalisations paper 003 names (read from helpers.studies); each is a step in :data:`STEPS`."""
+"""The normalisations paper 003 names (read from helpers.studies); each is a model normalisation."""
 
 PAPER003_NORMALISATION = "mean_normalisation"
-"""The one :data:`PRESETS` ``paper003`` uses (the paper does not say which it used, see its description)."""
+"""The one preset ``paper003`` names (the paper does not say which it used, see its description)."""
 
 
 def _paper001() -> Preset:
@@ -564,38 +544,24 @@ def _paper002() -> Preset:
     )
 
 
-def paper003_preset(normalisation: str = PAPER003_NORMALISATION) -> Preset:
-    """Paper 003's recipe with one of its two normalisations (:data:`PAPER003_NORMALISATIONS`).
-
-    ``"mean_normalisation"`` gives the registered ``paper003``; another choice gives a preset
-    named ``paper003-<normalisation>`` (its own cache files).
-    """
-    if normalisation not in PAPER003_NORMALISATIONS:
-        raise ValueError(f"paper003_preset: unknown normalisation {normalisation!r} "
-                         f"(paper 003 names {', '.join(PAPER003_NORMALISATIONS)})")
-    if normalisation == "decimal_scaling":  # on the raw integer values, as the method defines it
-        steps = (Step("decimal_scaling"), Step("resize", {"method": "area"}), Step("grey_to_rgb"))
-    else:
-        steps = (Step("to_float"), Step("resize", {"method": "area"}), Step("grey_to_rgb"),
-                 Step(normalisation))
-    name = "paper003" if normalisation == PAPER003_NORMALISATION else f"paper003-{normalisation}"
+def _paper003() -> Preset:
     return Preset(
-        name=name,
+        name="paper003",
         study="003",
+        normalisation=PAPER003_NORMALISATION,
         description=(
             "Akhi et al. (paper 003, section III B-C): resize (the paper describes nearest, "
             "bilinear, bicubic and area interpolation and 'selected the suitable' one per model "
             "without saying which; no size stated, set by the profile), then normalisation by "
             f"{' or '.join(PAPER003_NORMALISATIONS)}, again chosen per model without saying which. "
             "Chosen here: area interpolation (the method the paper calls highest quality, and the "
-            "right one for shrinking mammograms); grey copied to three channels; normalisation "
-            f"'{normalisation}'. The registered preset uses mean normalisation (subtract the "
-            "image's mean, no division by the standard deviation; per image), because the paper "
-            "calls decimal scaling 'not as common' and 'selectively used'; "
-            "paper003_preset('decimal_scaling') gives the other (it divides the raw integer "
-            "values by a power of ten, so it runs before the conversion to float)."
+            "right one for shrinking mammograms); grey copied to three channels. The normalisation "
+            "runs inside the model (from random weights): mean normalisation (subtract the image's "
+            "mean, no division by the standard deviation; per image), because the paper calls "
+            "decimal scaling 'not as common' and 'selectively used'; NORMALISATION = "
+            "'decimal_scaling' gives the other (the 8-bit values divided by a power of ten)."
         ),
-        steps=steps,
+        steps=(Step("to_float"), Step("resize", {"method": "area"}), Step("grey_to_rgb")),
     )
 
 
@@ -632,7 +598,8 @@ PRESETS: dict[str, Preset] = {
             "Mahmood et al. 2021 (paper 000, section 4.1): label/artefact removal by morphological "
             "opening and closing, median filter, CLAHE, Otsu breast region, resize with "
             "nearest-neighbour interpolation (224x224 in the paper; size set by the profile), "
-            "grey copied to 3 channels, zero-mean normalisation (eq. 10; computed per image). "
+            "grey copied to 3 channels; its zero-mean normalisation (eq. 10; computed per image) "
+            "runs inside the model when it starts from random weights. "
             "The paper states no other parameters; chosen here: downscale to 1024 px first (speed, "
             "not in the paper), artefact mask thresholded at half the Otsu level (keeps the skin "
             "line) with an elliptic kernel of 2% of the short side for opening/closing, median 3x3, CLAHE clip 2.0 on an 8x8 tile grid, crop margin 2%. The "
@@ -648,15 +615,16 @@ PRESETS: dict[str, Preset] = {
             Step("otsu_crop", {"margin": 0.02}),
             Step("resize", {"method": "nearest"}),
             Step("grey_to_rgb"),
-            Step("zero_mean"),
         ),
+        normalisation="zero_mean",
     ),
     "minimal": Preset(
         name="minimal",
         study=None,
         description=(
             "Baseline for comparisons and fast runs: to [0, 1], downscale to 1024 px, crop to the "
-            "Otsu breast region (2% margin), area resize, grey to 3 channels, min-max to [0, 1]."
+            "Otsu breast region (2% margin), area resize, grey to 3 channels, min-max to [0, 1]; "
+            "no further normalisation."
         ),
         steps=(
             Step("to_float"),
@@ -669,7 +637,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "paper001": _paper001(),
     "paper002": _paper002(),
-    "paper003": paper003_preset(),
+    "paper003": _paper003(),
     "paper004": _paper004(),
 }
 """Preset name -> :class:`Preset`."""
@@ -684,31 +652,6 @@ def get_preset(name_or_preset: str | Preset) -> Preset:
             raise KeyError(f"unknown preset {name_or_preset!r}; known presets: {', '.join(PRESETS)}")
         return PRESETS[name_or_preset]
     raise TypeError(f"expected a preset name or Preset, got {type(name_or_preset).__name__}")
-
-
-UNIT_RANGE_STEPS = frozenset({"to_float", "scale_01", "contrast_stretch", "clahe"})
-"""Steps whose output lies in [0, 1] (``to_float`` for integer input)."""
-
-OPEN_RANGE_STEPS = frozenset({"zero_mean", "mean_normalisation", "decimal_scaling"})
-"""Steps whose output has no fixed range (it depends on each image)."""
-
-
-def preset_value_range(preset: str | Preset) -> tuple[float, float] | None:
-    """The fixed value range of a preset's output, or None when it has none.
-
-    (0, 1) when the last range-setting step is one of :data:`UNIT_RANGE_STEPS` and no bicubic
-    resize (which overshoots) follows it; None after :data:`OPEN_RANGE_STEPS` (zero-mean data).
-    This is the ``value_range`` to give :func:`helpers.augmentation.build_augmenter`.
-    """
-    result: tuple[float, float] | None = None
-    for step in get_preset(preset).steps:
-        if step.name in UNIT_RANGE_STEPS:
-            result = (0.0, 1.0)
-        elif step.name in OPEN_RANGE_STEPS:
-            result = None
-        elif step.name == "resize" and dict(step.params).get("method", "area") == "bicubic":
-            result = None
-    return result
 
 
 def cut_patch(img: np.ndarray, roi: tuple[float, float, float], roi_scale: float = 2.0) -> np.ndarray:
@@ -749,7 +692,7 @@ def default_roi(img: np.ndarray) -> tuple[float, float, float]:
 def apply_preset(img: np.ndarray, preset: str | Preset, *, image_size: Size,
                  roi: tuple[float, float, float] | None = None, roi_scale: float = 2.0,
                  return_steps: bool = False) -> np.ndarray | list[tuple[str, np.ndarray]]:
-    """Run a preset on one image; the result is float32 ``(h, w, 3)`` with ``image_size``.
+    """Run a preset on one image; the result is a clean float32 ``(h, w, 3)`` image in [0, 1].
 
     ``roi=(cx, cy, r)`` (pixels of the stored image, top-left origin) first cuts a lesion
     patch (:func:`cut_patch`) and skips the crop steps (:data:`CROP_STEPS`).
@@ -775,6 +718,13 @@ def apply_preset(img: np.ndarray, preset: str | Preset, *, image_size: Size,
     if img.shape != (*size, 3) or img.dtype != np.float32:
         raise ValueError(f"preset {preset.name!r} produced {img.dtype} {img.shape}, "
                          f"expected float32 {(*size, 3)} (does it end with resize and grey_to_rgb?)")
+    if not np.isfinite(img).all() or img.min() < -CLEAN_TOLERANCE or img.max() > 1 + CLEAN_TOLERANCE:
+        raise ValueError(f"preset {preset.name!r} produced values outside [0, 1] "
+                         f"([{np.nanmin(img):.4g}, {np.nanmax(img):.4g}]): a preset ends at a clean "
+                         f"image; normalisation belongs to the model (helpers.models.NORMALISATIONS)")
+    img = np.clip(img, 0.0, 1.0)  # a bicubic resize may overshoot by a little
+    if return_steps:
+        history[-1] = (history[-1][0], img)
     return history if return_steps else img
 
 
@@ -844,22 +794,33 @@ def cache_key(manifest: pd.DataFrame, preset: str | Preset, *, image_size: Size,
     return hashlib.sha256(json.dumps(payload, default=repr).encode()).hexdigest()
 
 
+def as_rgb(x: np.ndarray) -> np.ndarray:
+    """``(N, H, W, 3)`` from stored ``(N, H, W, 1)`` grey arrays as a read-only view (no copy)."""
+    return np.broadcast_to(x, (*x.shape[:3], 3)) if x.shape[-1] == 1 else x
+
+
 def _load_cached(cache_file: Path, manifest: pd.DataFrame) -> PreparedArrays | None:
     try:
         with np.load(cache_file, allow_pickle=False) as data:
             x, kept = data["x"], data["kept"]
             skipped = [tuple(item) for item in json.loads(str(data["skipped"]))]
+        if x.dtype != CACHE_DTYPE or x.ndim != 4 or x.shape[-1] not in (1, 3) or len(x) != len(kept):
+            raise ValueError(f"holds {x.dtype} {x.shape}, expected {np.dtype(CACHE_DTYPE)} (N, H, W, 1 or 3)")
     except Exception as error:  # unreadable cache: rebuild it
         warnings.warn(f"{cache_file}: unreadable cache file, rebuilding ({error})")
         return None
     rows = manifest.iloc[kept].reset_index(drop=True)
-    return PreparedArrays(x, rows, skipped, cache_file, from_cache=True)
+    return PreparedArrays(as_rgb(x), rows, skipped, cache_file, from_cache=True)
 
 
 def prepare_arrays(manifest: pd.DataFrame, preset: str | Preset, *, image_size: Size,
                    use_roi: bool = False, roi_scale: float = 2.0, cache_dir: Path | None = None,
                    on_error: str = "raise", progress: bool = False) -> PreparedArrays:
-    """Preprocess every manifest row into one float32 ``(N, h, w, 3)`` array, cached on disk.
+    """Preprocess every manifest row into one ``(N, h, w, 3)`` array of clean images, cached on disk.
+
+    The array is float16 in [0, 1] (:data:`CACHE_DTYPE`); for a grey preset it is stored with
+    one channel and returned as a read-only three-channel view of it (:func:`as_rgb`), so it
+    takes a sixth of the memory of three float32 channels.
 
     ``use_roi=True`` cuts a lesion patch per row from its ``roi`` ("cx,cy,r"); a row with an
     empty roi is centred on its Otsu breast mask with ``r = min(h, w) / 8`` (:func:`default_roi`).
@@ -905,10 +866,12 @@ def prepare_arrays(manifest: pd.DataFrame, preset: str | Preset, *, image_size: 
             if on_error == "raise":
                 raise
             skipped.append((str(path), str(error)))
-    x = np.stack(images) if images else np.zeros((0, h, w, 3), np.float32)
+    channels = 3 if preset.color else 1  # grey presets repeat one channel: store it once
+    x = (np.stack([image[..., :channels] for image in images]).astype(CACHE_DTYPE) if images
+         else np.zeros((0, h, w, channels), CACHE_DTYPE))
     with atomic_path(cache_file) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, x=x, kept=np.asarray(kept, np.int64),
                      skipped=np.array(json.dumps(skipped)))
     rows_kept = manifest.iloc[kept].reset_index(drop=True)
-    return PreparedArrays(x, rows_kept, skipped, cache_file, from_cache=False)
+    return PreparedArrays(as_rgb(x), rows_kept, skipped, cache_file, from_cache=False)

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from helpers import evaluation, paths
@@ -192,6 +193,135 @@ def plot_comparison(table: pd.DataFrame, *, title: str = ""):
     return fig
 
 
+TRANSFER_HEADING = "Does ImageNet help?"
+
+
+def _auc_cell(metrics: dict[str, Any] | None) -> tuple[float | None, str]:
+    cell = ((metrics or {}).get("image_level") or {}).get("roc_auc") or {}
+    return cell.get("value"), _ci(cell)
+
+
+def _paired_auc(imagenet: dict[str, Any], scratch: dict[str, Any]) -> dict[str, Any] | None:
+    """The paired, patient-clustered bootstrap of test AUC (ImageNet minus scratch), or None when
+    either run lacks its predictions or the two were not tested on the same images."""
+    files = [entry["dir"] / evaluation.PREDICTIONS_FILE for entry in (imagenet, scratch)]
+    if not all(path.exists() for path in files):
+        return None
+    first, second = (evaluation.read_predictions(path) for path in files)
+    if list(first["image"]) != list(second["image"]) or list(first["y_true"]) != list(second["y_true"]):
+        raise ValueError(f"{files[0]} and {files[1]}: the two runs were not tested on the same images, "
+                         f"so they cannot be compared pair by pair")
+    classes = list(imagenet["metrics"]["run"]["classes"])
+    columns = [f"p_{name}" for name in classes]
+    boot = imagenet["metrics"].get("bootstrap") or {}
+    return evaluation.paired_bootstrap(first["y_true"].to_numpy(), first[columns].to_numpy(),
+                                       second[columns].to_numpy(), classes, groups=first["patient_id"],
+                                       n_boot=int(boot.get("n_boot") or 1000), seed=int(boot.get("seed") or 0))
+
+
+def transfer_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per backbone: test AUC from ImageNet weights and from random weights (the plan's
+    ``baseline_of`` pairs: same recipe, data and test split), each with its 95 % CI, and the
+    paired difference with a paired, patient-clustered bootstrap CI. An ImageNet run whose weights
+    could not be had says so instead of a number."""
+    by_name = {entry["name"]: entry for entry in entries}
+    rows = []
+    for scratch in entries:
+        original = scratch["status"].get("baseline_of")
+        if not original or original not in by_name:
+            continue
+        imagenet = by_name[original]
+        run = (scratch["metrics"] or {}).get("run") or {}
+        scratch_auc, scratch_ci = _auc_cell(scratch["metrics"])
+        imagenet_auc, imagenet_ci = _auc_cell(imagenet["metrics"])
+        status = imagenet["status"].get("status", "?")
+        paired = _paired_auc(imagenet, scratch) if imagenet["metrics"] and scratch["metrics"] else None
+        theirs = (imagenet["metrics"] or {}).get("run") or {}
+        rows.append({
+            "backbone": run.get("backbone") or theirs.get("backbone") or scratch["name"],
+            "recipe": f"paper {run.get('study') or theirs.get('study', '?')}",
+            "imagenet_run": original,
+            "imagenet_auc": imagenet_auc,
+            "imagenet_95ci": imagenet_ci if imagenet["metrics"] else (
+                "weights unavailable" if status == "unavailable" else f"run {status}"),
+            "scratch_run": scratch["name"],
+            "scratch_auc": scratch_auc,
+            "scratch_95ci": scratch_ci if scratch["metrics"] else f"run {scratch['status'].get('status', '?')}",
+            "difference": paired["difference"] if paired else None,
+            "difference_95ci": (f"[{paired['ci_low']:.3f}, {paired['ci_high']:.3f}]" if paired else ""),
+            "n_test": (f"{paired['n']} images, {paired['n_groups']} patients" if paired
+                       else _text(((scratch["metrics"] or {}).get("image_level") or {}).get("n"))),
+            "imagenet_arm": (f"{theirs.get('weights')}, freeze {theirs.get('freeze')}, "
+                             f"normalisation {theirs.get('normalisation')}, {theirs.get('epochs')} epochs"
+                             + (", cached features" if theirs.get("cache_features") else "")) if theirs else
+                            _text(imagenet["status"].get("message"))[:160],
+            "scratch_arm": (f"random init, freeze {run.get('freeze')}, normalisation {run.get('normalisation')}, "
+                            f"{run.get('epochs')} epochs") if run else "",
+        })
+    return pd.DataFrame(rows, columns=[
+        "backbone", "recipe", "imagenet_run", "imagenet_auc", "imagenet_95ci", "scratch_run", "scratch_auc",
+        "scratch_95ci", "difference", "difference_95ci", "n_test", "imagenet_arm", "scratch_arm"])
+
+
+def plot_transfer(table: pd.DataFrame, *, title: str = ""):
+    """Test AUC with 95 % CIs per backbone: from ImageNet weights and from scratch, side by side
+    (left), and the paired difference with its CI (right); a missing ImageNet arm is marked."""
+    from helpers.figures import new_figure
+
+    fig = new_figure(figsize=(9, 0.5 * max(len(table), 2) + 1.6))
+    left, right = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 2]})
+    labels = [f"{row.backbone} ({row.recipe})" for row in table.itertuples()]
+    positions = np.arange(len(table))[::-1]
+    for offset, (arm, colour, name) in enumerate([("imagenet", "tab:blue", "ImageNet weights"),
+                                                  ("scratch", "tab:orange", "random init")]):
+        labelled = False
+        for y, row in zip(positions, table.itertuples()):
+            value = getattr(row, f"{arm}_auc")
+            where = y + (0.15 if offset == 0 else -0.15)
+            if value is None or value != value:
+                left.text(0.02, where, getattr(row, f"{arm}_95ci"), fontsize=7, va="center", color=colour)
+                continue
+            interval = _parse_ci(getattr(row, f"{arm}_95ci"))
+            if interval:
+                left.plot(interval, [where, where], color=colour, linewidth=2)
+            left.plot([value], [where], "o", color=colour, label=None if labelled else name)
+            labelled = True
+    for y, row in zip(positions, table.itertuples()):
+        interval = _parse_ci(row.difference_95ci)
+        if row.difference is not None and row.difference == row.difference:
+            if interval:
+                right.plot(interval, [y, y], color="black", linewidth=2)
+            right.plot([row.difference], [y], "o", color="black")
+    left.axvline(0.5, color="grey", linestyle=":", linewidth=1)
+    right.axvline(0.0, color="grey", linestyle=":", linewidth=1)
+    left.set_xlim(0, 1)
+    left.set_yticks(positions, labels, fontsize=8)
+    left.set_xlabel("test ROC AUC (95 % bootstrap CI)", fontsize=8)
+    right.set_xlabel("ImageNet minus random init (paired 95 % CI)", fontsize=8)
+    if left.get_legend_handles_labels()[0]:
+        left.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title or TRANSFER_HEADING, fontsize=9)
+    return fig
+
+
+def _parse_ci(text: Any) -> tuple[float, float] | None:
+    """``"[0.512, 0.733]"`` -> (0.512, 0.733); anything else None."""
+    if not isinstance(text, str) or not text.startswith("["):
+        return None
+    low, high = text.strip("[]").split(",")
+    return float(low), float(high)
+
+
+def transfer_title(entries: list[dict[str, Any]], profile: str) -> str:
+    """Which data, profile and backend the transfer figure comes from."""
+    import keras
+
+    ours = results_table(entries)
+    datasets = ", ".join(sorted(set(ours["dataset"]))) if not ours.empty else "no runs"
+    return (f"{TRANSFER_HEADING} Test AUC from ImageNet weights vs. from random weights\n"
+            f"{datasets} data, {profile} profile, Keras backend {keras.config.backend()}")
+
+
 def _markdown_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "_none_\n"
@@ -251,6 +381,10 @@ def build_report(folder: Path | str, *, profile: str) -> Path:
     with_ci = ours[["run"] + [f"{m}_ci" for m in _METRICS]] if not ours.empty else ours
     patients = results_table(entries, level="patient_level")
     patients = patients[[c for c in patients.columns if not c.endswith("_ci")]] if not patients.empty else patients
+    transfer = transfer_table(entries)
+    if not transfer.empty:
+        evaluation.save_figure(plot_transfer(transfer, title=transfer_title(entries, profile)),
+                               folder / "transfer.png")
     compare = comparison_table(entries)
     if not compare.empty:
         evaluation.save_figure(plot_comparison(compare, title=comparison_title(entries, profile)),
@@ -262,7 +396,15 @@ def build_report(folder: Path | str, *, profile: str) -> Path:
         "Numbers under *ours* were produced by this project on the data, weights and profile named in "
         "each row; numbers under *paper* are quoted from the publications, measured on their data.",
     ]
+    transfer_note = (
+        "Each backbone with the same paper's recipe, data and test split, once from ImageNet weights "
+        "and once from random weights (the random-weights run is the plan's baseline_of the other). "
+        "AUC is image level with its 95 % bootstrap CI; the difference is paired (both models on the "
+        "same resamples of whole test patients). A CI of the difference that contains 0 is no evidence "
+        "either way. Where ImageNet weights could not be had (offline, not in Keras' cache) the row "
+        "says so, and nothing was substituted.")
     sections = [
+        (TRANSFER_HEADING, transfer),
         ("Runs", _status_table(entries)),
         ("Our results (image level, test split)", ours_shown),
         ("95 % bootstrap confidence intervals (image level)", with_ci),
@@ -272,11 +414,13 @@ def build_report(folder: Path | str, *, profile: str) -> Path:
          "(paper 000), fusion vs each pathway alone (paper 003)", hybrid_table(entries)),
         ("Left out: images and label rows not used, and why", left_out_table(entries)),
     ]
-    figures = [("comparison", ["comparison.png"])] if (folder / "comparison.png").exists() else []
+    figures = [(name, [f"{name}.png"]) for name in ("transfer", "comparison") if (folder / f"{name}.png").exists()]
     figures += [(e["name"], [f"{e['name']}/{f}" for f in FIGURES if (e["dir"] / f).exists()]) for e in entries]
     figures = [(name, files) for name, files in figures if files]
     md = [f"# Study report: profile `{profile}`\n\n", *(line + "\n\n" for line in intro)]
-    md += [f"## {heading}\n\n{_markdown_table(table)}\n" for heading, table in sections]
+    notes = {TRANSFER_HEADING: transfer_note}
+    md += [f"## {heading}\n\n" + (f"{notes[heading]}\n\n" if heading in notes else "")
+           + f"{_markdown_table(table)}\n" for heading, table in sections]
     md += ["## Figures\n"] + [f"\n### {name}\n\n" + " ".join(f"![{f}]({f})" for f in files) + "\n"
                               for name, files in figures]
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
@@ -286,7 +430,10 @@ def build_report(folder: Path | str, *, profile: str) -> Path:
             f"<style>{style}</style></head><body>",
             f"<h1>Study report: profile <code>{html.escape(profile)}</code></h1>",
             *(f"<p>{html.escape(line).replace('**', '')}</p>" for line in intro)]
-    page += [f"<h2>{html.escape(heading)}</h2>{_html_table(table)}" for heading, table in sections]
+    page += [f"<h2>{html.escape(heading)}</h2>" + (f"<p>{html.escape(notes[heading])}</p>" if heading in notes else "")
+             + (f"<img src='transfer.png' alt='transfer.png' style='max-width:100%'>"
+                if heading == TRANSFER_HEADING and (folder / "transfer.png").exists() else "")
+             + _html_table(table) for heading, table in sections]
     page += ["<h2>Figures</h2>"] + [f"<h3>{html.escape(name)}</h3>" + "".join(
         f"<img src='{html.escape(f)}' alt='{html.escape(f)}'>" for f in files) for name, files in figures]
     page.append("</body></html>\n")

@@ -38,7 +38,7 @@ _CELL = re.compile(r"Executing Cell (\d+)")
 @dataclass
 class RunOutcome:
     name: str
-    status: str          # "ok", "skipped", "failed", "timeout"
+    status: str          # "ok", "skipped", "failed", "timeout", "unavailable" (no ImageNet weights)
     seconds: float
     message: str = ""
     run_dir: Path | None = None
@@ -133,10 +133,46 @@ def execute(run: PlannedRun, *, fingerprint: str, echo: Callable[[str], None] = 
     if status != "ok":
         # a failed run must not leave metrics that the report would take for real results
         (run_dir / "metrics.json").unlink(missing_ok=True)
+    return _record(run, status, message, seconds, fingerprint)
+
+
+def missing_weights(run: PlannedRun) -> str | None:
+    """Why the ImageNet weights ``run`` needs cannot be had (None when it needs none, or has them).
+
+    Checked in the runner, before the notebook starts: a missing file is downloaded here, once,
+    with progress shown, rather than by two notebooks at once. Offline and not cached, the run
+    is not started and is reported as "unavailable" with this message: nothing falls back to
+    random weights silently (the plan's ``baseline_of`` runs are the random-weights arm).
+    """
+    from helpers.plan import settings_for_run
+
+    settings = settings_for_run(run)
+    if settings is None or settings.weights != "imagenet":
+        return None
+    from helpers import models
+
+    for name in settings.backbone.split("+"):
+        try:
+            models.imagenet_weights_path(name)
+        except models.WeightsUnavailableError as error:
+            return str(error)
+    return None
+
+
+def _record(run: PlannedRun, status: str, message: str, seconds: float, fingerprint: str) -> RunOutcome:
     record = {"name": run.name, "status": status, "message": message, "seconds": round(seconds, 1),
-              "fingerprint": fingerprint, "notebook": run.notebook.name, "parameters": run.parameters}
-    paths.write_text_atomic(run_dir / RUN_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
-    return RunOutcome(run.name, status, seconds, message, run_dir)
+              "fingerprint": fingerprint, "notebook": run.notebook.name, "parameters": run.parameters,
+              "baseline_of": run.baseline_of}
+    paths.write_text_atomic(run.run_dir / RUN_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return RunOutcome(run.name, status, seconds, message, run.run_dir)
+
+
+def record_unavailable(run: PlannedRun, message: str, fingerprint: str) -> RunOutcome:
+    """Mark ``run`` as not run for want of its ImageNet weights (its folder holds only run.json)."""
+    if run.run_dir.exists():
+        shutil.rmtree(run.run_dir)
+    run.run_dir.mkdir(parents=True)
+    return _record(run, "unavailable", message, 0.0, fingerprint)
 
 
 def _must_wait(run: PlannedRun, waiting: list[PlannedRun], running: list[PlannedRun]) -> bool:
@@ -197,6 +233,11 @@ def run_plan(
                 if unchanged and not force and not run.after_all:
                     say(f"{label}: unchanged since the last run, skipped")
                     outcomes[run.name] = RunOutcome(run.name, "skipped", 0.0, "unchanged", run.run_dir)
+                    continue
+                missing = missing_weights(run)
+                if missing:
+                    outcomes[run.name] = record_unavailable(run, missing, fingerprint)
+                    say(f"{label}: not run, its ImageNet weights are unavailable: {missing}")
                     continue
                 say(f"{label}: running (time limit {run.timeout_s} s)")
                 future = pool.submit(execute, run, fingerprint=fingerprint,

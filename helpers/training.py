@@ -151,17 +151,46 @@ def predict_proba(model: keras.Model, x: np.ndarray, *, batch_size: int = 32) ->
     pass over a test split does not repay tracing a graph (seconds for a deep network on a CPU),
     and the numbers are the same.
     """
-    x = np.asarray(x)
-    if len(x) == 0:
-        raise ValueError(f"no images to predict with model {model.name}")
-    batches = [keras.ops.convert_to_numpy(model(x[start:start + batch_size], training=False))
-               for start in range(0, len(x), batch_size)]
-    proba = np.concatenate(batches).astype(np.float64)
+    proba = predict_batches(model, x, batch_size=batch_size).astype(np.float64)
     if proba.ndim != 2:
         raise ValueError(f"model {model.name} outputs shape {proba.shape}, expected (N, classes)")
     if proba.shape[1] == 1:
         proba = np.concatenate([1.0 - proba, proba], axis=1)
     return proba
+
+
+def predict_batches(model: keras.Model, x: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
+    """``model``'s outputs for ``x``, called batch by batch in inference mode (see
+    :func:`predict_proba` for why not ``predict``), as one float32 array."""
+    x = np.asarray(x)
+    if len(x) == 0:
+        raise ValueError(f"no images to predict with model {model.name}")
+    batches = [keras.ops.convert_to_numpy(model(x[start:start + batch_size], training=False))
+               for start in range(0, len(x), batch_size)]
+    return np.concatenate(batches).astype(np.float32)
+
+
+def split_at_backbone(model: keras.Model) -> tuple[keras.Model, keras.Model]:
+    """``(features, head)`` of a ``build_classifier`` model, sharing its layers (no copies).
+
+    ``features``: image -> the layers up to and including the nested backbone; ``head``: the
+    backbone's output -> the rest, named like ``model`` (its loss is looked up by name). Training
+    ``head`` trains ``model``'s head; with a frozen backbone, training ``head`` on precomputed
+    features is training ``model`` without augmentation, at a fraction of the cost.
+    """
+    base = find_backbone(model)
+    position = model.layers.index(base)
+    before, after = model.layers[1:position], model.layers[position + 1:]
+    image = keras.Input(shape=tuple(model.input_shape[1:]), name="image")
+    x = image
+    for layer in before + [base]:
+        x = layer(x)
+    features = keras.Model(image, x, name=f"{model.name}_features")
+    inputs = keras.Input(shape=tuple(base.output_shape[1:]), name="features")
+    x = inputs
+    for layer in after:  # the heads are chains of layers
+        x = layer(x)
+    return features, keras.Model(inputs, x, name=model.name)
 
 
 def _check_labels(y: np.ndarray, what: str) -> np.ndarray:
@@ -299,7 +328,7 @@ def train(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
           augment: Augment | None = None,
           fine_tune_epochs: int = 0, fine_tune_learning_rate: float | None = None,
           fine_tune_freeze: str | int = "none",
-          verbose: int | str = 2) -> pd.DataFrame:
+          verbose: int | str = 2, saved_model: keras.Model | None = None) -> pd.DataFrame:
     """Fit a compiled ``model``; keep the best epoch (lowest ``val_loss``); return the history.
 
     Writes ``run_dir/best.keras`` (the best model, whose weights ``model`` ends with) and
@@ -317,6 +346,9 @@ def train(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
     ``fine_tune_learning_rate`` (default a tenth of the first phase's), and trained for
     ``fine_tune_epochs`` more epochs. The history then has a ``phase`` column (1, 2) and the
     best checkpoint is the best of both phases. Early stopping applies to each phase.
+
+    ``saved_model``: the model written to ``best.keras`` when it is not ``model`` itself, e.g. the
+    whole classifier when ``model`` is its head (:func:`split_at_backbone`).
     """
     if getattr(model, "optimizer", None) is None or not model.compiled:
         raise ValueError(f"model {model.name} is not compiled: call compile_classifier first")
@@ -373,7 +405,7 @@ def train(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
                                 ignore_index=True)
         with atomic_path(run_dir / HISTORY_FILE) as tmp:
             history.to_csv(tmp, index=False)
-        save_without_optimizer(model, best_path)
+        save_without_optimizer(saved_model if saved_model is not None else model, best_path)
         with atomic_path(run_dir / BEST_MODEL_FILE) as tmp:
             shutil.move(best_path, tmp)
     finally:

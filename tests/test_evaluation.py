@@ -389,3 +389,76 @@ def test_read_of_bad_file_names_the_file(tmp_path):
             ev.read_metrics_json(path)
     with pytest.raises(ValueError, match="newer"):
         ev.read_metrics_json(tmp_path / "newer.json")
+
+
+def test_paired_bootstrap_of_two_models_on_the_same_test_cases():
+    from helpers.evaluation import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 30)
+    patients = np.repeat([f"p{i}" for i in range(30)], 2)
+    good = np.column_stack([1 - (y * 0.6 + rng.random(60) * 0.4), y * 0.6 + rng.random(60) * 0.4])
+    noise = rng.random(60)
+    bad = np.column_stack([1 - noise, noise])
+    same = paired_bootstrap(y, good, good, ["benign", "malignant"], groups=patients, n_boot=200, seed=1)
+    assert same["difference"] == 0 and same["ci_low"] == same["ci_high"] == 0  # paired: no spread
+    better = paired_bootstrap(y, good, bad, ["benign", "malignant"], groups=patients, n_boot=500, seed=1)
+    assert better["a"] > 0.9 and better["difference"] == pytest.approx(better["a"] - better["b"])
+    assert 0 < better["ci_low"] <= better["difference"] <= better["ci_high"]
+    assert better["n"] == 60 and better["n_groups"] == 30
+    again = paired_bootstrap(y, good, bad, ["benign", "malignant"], groups=patients, n_boot=500, seed=1)
+    assert again == better  # seeded
+    with pytest.raises(ValueError, match="unknown metric"):
+        paired_bootstrap(y, good, bad, ["benign", "malignant"], metric="auc")
+
+
+def test_predictions_file_round_trip(tmp_path):
+    from helpers.evaluation import read_predictions, write_predictions
+
+    prob = np.array([[0.2, 0.8], [0.9, 0.1]])
+    path = write_predictions(tmp_path / "predictions.csv", np.array([1, 0]), prob, ["benign", "malignant"],
+                             images=["a.png", "b.png"], patient_ids=["007", "8"])
+    table = read_predictions(path)
+    assert list(table["image"]) == ["a.png", "b.png"] and list(table["patient_id"]) == ["007", "8"]
+    assert np.allclose(table[["p_benign", "p_malignant"]].to_numpy(), prob)
+    (tmp_path / "bad.csv").write_text("x,y\n1,2\n")
+    with pytest.raises(ValueError, match="bad.csv: not a predictions file"):
+        read_predictions(tmp_path / "bad.csv")
+
+
+def test_transfer_table_pairs_imagenet_and_random_runs_and_names_missing_weights(tmp_path):
+    from helpers import evaluation, reporting
+
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1], 20)
+    patients = [f"p{i // 2}" for i in range(40)]
+    entries = []
+
+    def entry(name, prob, *, weights, status="ok", baseline_of=None):
+        folder = tmp_path / name
+        folder.mkdir()
+        metrics = None
+        if prob is not None:
+            evaluation.write_predictions(folder / evaluation.PREDICTIONS_FILE, y, prob, ["benign", "malignant"],
+                                         images=[f"{i}.png" for i in range(40)], patient_ids=patients)
+            metrics = {"run": {"backbone": "vgg16", "study": "000", "classes": ["benign", "malignant"],
+                               "weights": weights, "freeze": "base", "normalisation": "x", "epochs": 3},
+                       **evaluation.evaluate(y, prob, ["benign", "malignant"], n_boot=100, seed=0)}
+        return {"name": name, "dir": folder, "metrics": metrics,
+                "status": {"status": status, "baseline_of": baseline_of, "message": "no file offline"}}
+
+    good = np.clip(np.column_stack([1 - y, y]) * 0.7 + rng.random((40, 2)) * 0.3, 0, 1)
+    noise = rng.random(40)
+    entries = [entry("tl_a", good, weights="imagenet"), entry("scratch_a", np.column_stack([1 - noise, noise]),
+                                                              weights="random init", baseline_of="tl_a"),
+               entry("tl_b", None, weights="imagenet", status="unavailable"),
+               entry("scratch_b", np.column_stack([1 - noise, noise]), weights="random init", baseline_of="tl_b")]
+    table = reporting.transfer_table(entries)
+    assert list(table["imagenet_run"]) == ["tl_a", "tl_b"]
+    first, second = table.iloc[0], table.iloc[1]
+    assert first["difference"] > 0 and first["difference_95ci"].startswith("[")
+    assert first["n_test"] == "40 images, 20 patients"
+    assert np.isnan(second["imagenet_auc"]) or second["imagenet_auc"] is None
+    assert second["imagenet_95ci"] == "weights unavailable" and second["difference_95ci"] == ""
+    fig = reporting.plot_transfer(table, title="t")
+    assert isinstance(fig, Figure)

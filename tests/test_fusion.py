@@ -99,7 +99,8 @@ def test_single_pathway_baseline_has_the_same_refinement_and_head(name, map_shap
     assert model.name == f"pathway_{name}"
     names = [layer.name for layer in model.layers]
     assert "fusion_concat" not in names and not any(n.endswith("_resize") for n in names)
-    assert names[-len(HEAD_LAYERS):] == HEAD_LAYERS and len(names) == 2 + len(HEAD_LAYERS)
+    assert names[-len(HEAD_LAYERS):] == HEAD_LAYERS and len(names) == 3 + len(HEAD_LAYERS)
+    assert names[1] == f"{name}_normalisation"
     assert _shape(model, "fusion_refine1_conv") == (None, *map_shape[:2], 256)
     for layer_name in HEAD_LAYERS[4:]:  # from the first FC on, shapes equal the fusion's
         assert _shape(model, layer_name) == _shape(fusion, layer_name), layer_name
@@ -128,8 +129,8 @@ def test_pathway_names_and_errors():
         pathway("googlenet", stage=2, weights=None, input_shape=(SIZE, SIZE, 3))
     with pytest.raises(ValueError, match=r"stage 9.*2, 3, 4, 5"):
         pathway("resnet50", stage=9, weights=None, input_shape=(SIZE, SIZE, 3))
-    with pytest.raises(WeightsUnavailableError, match="no ImageNet weights"):
-        pathway("alexnet", stage=2, weights="imagenet", input_shape=(SIZE, SIZE, 3))
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        pathway("alexnet", stage=2, weights="missing.h5", input_shape=(SIZE, SIZE, 3))
 
 
 def test_min_input_size_and_single_pathway_minimum():
@@ -218,38 +219,39 @@ def test_weights_none_lowers_resnet_batchnorm_momentum(fusion):
     assert norms and all(bn.momentum == models.SCRATCH_BN_MOMENTUM for bn in norms)
 
 
-def test_imagenet_weights_load_into_the_resnet_pathway_from_keras_cache(tmp_path, monkeypatch):
+def test_imagenet_weights_load_into_both_pathways_from_keras_cache(tmp_path, monkeypatch):
+    from helpers import torchvision_weights
+
     keras.utils.set_random_seed(123)
     source = keras.applications.ResNet50(weights=None, include_top=False,
                                          input_shape=(32, 32, 3))  # the weights fit any size
+    alex_source = models.AlexNet(include_top=False, input_shape=(SIZE, SIZE, 3))
     models_dir = tmp_path / "models"
     models_dir.mkdir()
-    _write_legacy_h5(models_dir / models.imagenet_file_name("resnet50", (SIZE, SIZE, 3)), source)
+    _write_legacy_h5(models_dir / models.imagenet_file_name("resnet50"), source)
+    _write_legacy_h5(models_dir / models.imagenet_file_name("alexnet"), alex_source)  # as if converted
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
 
-    def no_download(*args):
+    def no_download(*args, **kwargs):
         raise AssertionError("the cached file must be used, no download")
 
     monkeypatch.setattr(models, "_download_imagenet_file", no_download)
+    monkeypatch.setattr(torchvision_weights, "_download", no_download)
     model = build_fusion(weights="imagenet", input_shape=(SIZE, SIZE, 3), seed=0)
-    resnet = model.get_layer("resnet50_to_stage3")
     checked = 0
-    for layer in resnet.layers:
-        if not layer.weights:
-            continue
-        for mine, theirs in zip(layer.weights, source.get_layer(layer.name).weights):
-            np.testing.assert_array_equal(_numpy(mine), _numpy(theirs))
-            checked += 1
-    assert checked > 100  # conv1 .. conv3_block4: every weight of the pathway came from the file
-    # pretrained batch norm keeps Keras' momentum; the AlexNet pathway starts random
-    assert all(bn.momentum == 0.99 for bn in _resnet_norms(model))
-    random_start = build_fusion(weights=None, input_shape=(SIZE, SIZE, 3), seed=0)
-    alex_kernel = model.get_layer("alexnet_to_block2").get_layer("conv1").kernel
-    np.testing.assert_array_equal(
-        _numpy(alex_kernel),
-        _numpy(random_start.get_layer("alexnet_to_block2").get_layer("conv1").kernel))
+    for cut, original in (("resnet50_to_stage3", source), ("alexnet_to_block2", alex_source)):
+        for layer in model.get_layer(cut).layers:
+            if not layer.weights:
+                continue
+            for mine, theirs in zip(layer.weights, original.get_layer(layer.name).weights):
+                np.testing.assert_array_equal(_numpy(mine), _numpy(theirs))
+                checked += 1
+    assert checked > 100  # every weight of both pathways came from the files
+    assert all(bn.momentum == 0.99 for bn in _resnet_norms(model))  # pretrained: Keras' momentum
+    assert model.get_layer("resnet50_normalisation").mode == "caffe"
+    assert model.get_layer("alexnet_normalisation").mode == "torch"
     assert describe_weights("imagenet", FUSION_NAME) == (
-        "imagenet (ResNet50 pathway), random init (AlexNet pathway)")
+        "imagenet (ResNet50 pathway), imagenet (torchvision, converted) (AlexNet pathway)")
     assert describe_weights(None, FUSION_NAME) == "random init (weights=None)"
 
 

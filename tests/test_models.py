@@ -32,7 +32,7 @@ def _images(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 def _batchnorm_statistics_move(model: keras.Model, x: np.ndarray) -> bool:
     """True when a training=True call changes any backbone BN moving statistics."""
-    backbone = model.layers[1]
+    backbone = models.find_backbone(model)
     norms = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
     before = [keras.ops.convert_to_numpy(bn.moving_mean).copy() for bn in norms]
     model(x, training=True)
@@ -52,13 +52,12 @@ def test_every_backbone_builds_and_outputs_probabilities():
         assert proba.shape == (2, 3), name
         np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5, err_msg=name)
         assert spec.name == name and callable(spec.preprocess_input)
-        assert bool(spec.imagenet_files) == bool(spec.weights_base_url)
-        assert bool(spec.imagenet_files) == (name not in ("alexnet", "googlenet"))
+        assert len(spec.imagenet_files) == 1 and spec.weights_base_url  # every backbone has ImageNet weights
 
 
 def test_paper000_head_layers():
     model = build_classifier("mobilenetv3small", input_shape=(32, 32, 3), seed=0)
-    kinds = [type(layer).__name__ for layer in model.layers[2:]]
+    kinds = [type(layer).__name__ for layer in model.layers[3:]]  # image, normalisation, backbone
     assert kinds == ["GlobalAveragePooling2D", "BatchNormalization", "Dense", "Dense",
                      "Dropout", "Dense"]
     assert model.get_layer("paper000_dropout").rate == 0.5
@@ -191,10 +190,10 @@ def test_keras_models_dir_follows_env_at_call_time(tmp_path, monkeypatch):
 
 
 def test_imagenet_file_names_follow_keras():
-    assert imagenet_file_name("mobilenetv2", (224, 224, 3)) == MOBILENETV2_224
-    assert imagenet_file_name("mobilenetv2", (128, 128, 3)).endswith("1.0_128_no_top.h5")
-    assert imagenet_file_name("mobilenetv2", (100, 100, 3)) == MOBILENETV2_224
-    assert imagenet_file_name("mobilenetv2", (128, 160, 3)) == MOBILENETV2_224
+    # one file per backbone, its 224 px weights, at any input size (MobileNetV2's 96-192 px
+    # variants are separate trainings, not used)
+    for shape in ((224, 224, 3), (128, 128, 3), (96, 96, 3), (128, 160, 3)):
+        assert imagenet_file_name("mobilenetv2", shape) == MOBILENETV2_224
     assert imagenet_file_name("vgg16", (32, 32, 3)) == BACKBONES["vgg16"].imagenet_files[0]
 
 
@@ -309,7 +308,8 @@ def test_preprocessing_modes():
     torch_style = BACKBONES["alexnet"].preprocess_input(x.copy())
     np.testing.assert_allclose(torch_style[0, 0, 0], (1 - np.array([0.485, 0.456, 0.406]))
                                / np.array([0.229, 0.224, 0.225]), rtol=1e-5)
-    assert BACKBONES["googlenet"].preprocess_input is BACKBONES["alexnet"].preprocess_input
+    # GoogLeNet's torchvision weights are used with transform_input: [-1, 1] ("tf")
+    np.testing.assert_allclose(BACKBONES["googlenet"].preprocess_input(x.copy()), 1.0)
     rgb = np.zeros((1, 1, 1, 3), dtype="float32")
     rgb[..., 0] = 200.0  # red
     caffe = BACKBONES["squeezenet"].preprocess_input(rgb)
@@ -317,18 +317,22 @@ def test_preprocessing_modes():
 
 
 @pytest.mark.parametrize("name", ["alexnet", "googlenet"])
-def test_imagenet_unavailable_says_so_without_network(name, tmp_path, monkeypatch):
-    def no_download(*args):
-        raise AssertionError("no download may be attempted")
+def test_imagenet_unavailable_says_which_file_to_put_where(name, tmp_path, monkeypatch):
+    from helpers import downloads, torchvision_weights
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr(models, "_download_imagenet_file", no_download)
+    monkeypatch.setattr(downloads, "fetch", offline)
     with pytest.raises(WeightsUnavailableError) as caught:
         build_classifier(name, weights="imagenet", input_shape=(64, 64, 3))
     message = str(caught.value)
-    assert "no ImageNet weights" in message and "weights=None" in message
-    assert ".weights.h5" in message and BACKBONES[name].display_name in message
-    assert describe_weights("imagenet", name).startswith("imagenet (unavailable")
+    published = torchvision_weights.TORCHVISION_FILES[name].file_name
+    assert published in message and str(tmp_path / "models") in message and "weights=None" in message
+    assert "network is unreachable" in message
+    assert BACKBONES[name].display_name in message
+    assert describe_weights("imagenet", name) == "imagenet (torchvision, converted)"
     assert describe_weights("imagenet", "vgg16") == "imagenet"
 
 
@@ -453,7 +457,7 @@ def test_custom_backbones_save_reload_and_weights_files(name, size, tmp_path):
 
 
 def _head_kinds(model: keras.Model) -> list[str]:
-    return [type(layer).__name__ for layer in model.layers[2:]]
+    return [type(layer).__name__ for layer in model.layers[3:]]  # after image, normalisation, backbone
 
 
 def test_paper001_head_replaces_the_last_layer():

@@ -35,11 +35,30 @@ def test_paper_profile_takes_the_papers_own_settings():
     assert settings.task == recipe.task
 
 
-def test_smoke_and_cpu_use_random_weights_and_say_what_was_scaled_down():
-    for profile in ("smoke", "cpu"):
-        settings = plan.resolve_settings(profile, study="000", backbone="mobilenetv2")
-        assert settings.weights is None
-        assert settings.scaled_down
+def test_smoke_uses_random_weights_and_cpu_imagenet_and_both_say_what_was_scaled_down():
+    smoke = plan.resolve_settings("smoke", study="000", backbone="mobilenetv2")
+    cpu = plan.resolve_settings("cpu", study="000", backbone="mobilenetv2")
+    assert smoke.weights is None and smoke.normalisation == "zero_mean" and not smoke.cache_features
+    assert cpu.weights == "imagenet" and cpu.normalisation == "imagenet" and cpu.freeze == "base"
+    assert cpu.cache_features and cpu.augmentation == "none" and min(cpu.image_size) >= 96
+    assert smoke.scaled_down and any("without the paper's augmentation" in item for item in cpu.scaled_down)
+
+
+def test_each_backbone_has_a_random_weights_baseline_with_the_same_recipe():
+    runs = {run.name: run for run in plan.planned_runs("cpu")}
+    baselines = [run for run in runs.values() if run.baseline_of]
+    assert {plan.settings_for_run(run).backbone for run in baselines} == {
+        plan.settings_for_run(run).backbone for run in runs.values()
+        if run.name.startswith("tl_") and plan.settings_for_run(run) is not None}
+    for run in baselines:
+        ours, theirs = plan.settings_for_run(run), plan.settings_for_run(runs[run.baseline_of])
+        assert ours.weights is None and theirs.weights == "imagenet"
+        assert ours.freeze == plan.get_profile("cpu")["baseline_freeze"]
+        differ = {k for k, v in ours.as_dict().items() if theirs.as_dict()[k] != v}
+        assert differ <= {"weights", "normalisation"}, (run.name, differ)  # the same recipe and data
+    assert not [run for run in plan.planned_runs("smoke") if run.baseline_of]  # smoke: all random already
+    paper = {run.name: run for run in plan.planned_runs("paper")}
+    assert plan.settings_for_run(paper["scratch_000_vgg16"]).freeze == "none"  # the paper profile trains all
 
 
 def test_overrides_and_weight_sentinels():
@@ -81,7 +100,8 @@ def test_dry_run_lists_every_run_with_resolved_settings(profile, capsys):
     for run in runs:
         assert f"{run.name}: {run.notebook.name}" in out
     resolved = [line for line in out.splitlines() if line.strip().startswith("resolved:")]
-    assert len(resolved) == sum(plan.settings_for_run(run) is not None for run in runs) == 16 + 6 + 1
+    baselines = 10 if profile != "smoke" else 0
+    assert len(resolved) == sum(plan.settings_for_run(run) is not None for run in runs) == 16 + baselines + 6 + 1
     assert sum("head=fusion" in line and "backbone=resnet50+alexnet" in line for line in resolved) == 1
     for study, backbone, optimiser in [("001", "alexnet", "sgdm"), ("001", "squeezenet", "adam"),
                                        ("004", "resnet50", "rmsprop")]:
@@ -90,13 +110,14 @@ def test_dry_run_lists_every_run_with_resolved_settings(profile, capsys):
     if profile == "paper":  # the papers' own settings, ImageNet where Keras has it
         assert any("study=004" in l and "image_size=(96, 144)" in l and "loss=mse" in l
                    and "split=by-magnification" in l and "weights=imagenet" in l for l in resolved)
-        assert any("study=001, backbone=alexnet" in l and "weights=None" in l and "batch_size=128" in l
+        assert any("study=001, backbone=alexnet" in l and "weights=imagenet" in l and "batch_size=128" in l
                    for l in resolved)
         assert any("study=000" in l and "offline_expansion=8" in l and "augmentation=paper000" in l
                    for l in resolved)
     else:  # scaled down: square inputs of the profile, AlexNet raised to its minimum
         size = plan.get_profile(profile)["image_size"]
-        assert any("backbone=alexnet" in l and "image_size=(63, 63)" in l for l in resolved)
+        alexnet = f"({max(size, 63)}, {max(size, 63)})"
+        assert any("backbone=alexnet" in l and f"image_size={alexnet}" in l for l in resolved)
         assert any("backbone=vgg16" in l and f"image_size=({size}, {size})" in l for l in resolved)
 
 
@@ -130,7 +151,7 @@ def test_the_hybrids_are_planned_and_svm_runs_reuse_lesson_3s_networks():
     assert fusion.backbone == plan.FUSION and fusion.head == "fusion" and fusion.task == "normal-benign-malignant"
     assert min(fusion.image_size) >= 63  # AlexNet's minimum input
     paper = plan.settings_for_run(next(r for r in plan.planned_runs("paper") if r.name.startswith("fusion_")))
-    assert paper.weights == "imagenet" and any("AlexNet pathway" in item for item in paper.scaled_down)
+    assert paper.weights == "imagenet" and paper.normalisation == "imagenet"  # each pathway its own
 
 
 def test_a_run_can_only_reuse_an_earlier_run_of_its_suites(tmp_path):

@@ -249,16 +249,14 @@ def test_downscale_only_shrinks() -> None:
     assert pp.downscale(img, max_side=1000).shape == (300, 150)
 
 
-def test_normalisations() -> None:
+def test_scaling_and_channels() -> None:
     img = np.random.default_rng(10).random((30, 30)).astype(np.float32) * 0.3 + 0.2
-    z = pp.zero_mean(img)
-    assert abs(float(z.mean())) < 1e-5 and abs(float(z.std()) - 1) < 1e-4
     s = pp.scale_01(img)
     assert np.isclose(s.min(), 0) and np.isclose(s.max(), 1)
-    assert np.allclose(pp.decimal_scaling(np.array([5.0, -250.0])), [0.005, -0.25])
     assert pp.grey_to_rgb(img).shape == (30, 30, 3)
     assert np.array_equal(pp.grey_to_rgb(img)[:, :, 2], img)
-    assert np.all(pp.zero_mean(np.ones((4, 4), np.float32)) == 0)
+    # normalisation is not a preprocessing step: it is the model's first layer
+    assert not {"zero_mean", "mean_normalisation", "decimal_scaling"} & set(pp.STEPS)
 
 
 # ------------------------------------------------------------------ presets
@@ -277,7 +275,7 @@ def test_apply_paper000_on_phantom() -> None:
     img, _ = make_breast(512, seed=2, label=True)
     out = pp.apply_preset(img, "paper000", image_size=64)
     assert out.dtype == np.float32 and out.shape == (64, 64, 3) and np.isfinite(out).all()
-    assert abs(float(out.mean())) < 1e-4 and abs(float(out.std()) - 1) < 1e-3
+    assert 0 <= out.min() and out.max() <= 1 and out.std() > 0.1  # clean; zero mean is the model's
     steps = pp.apply_preset(img, "paper000", image_size=(48, 32), return_steps=True)
     assert [name for name, _ in steps] == [s.name for s in pp.PRESETS["paper000"].steps]
     assert steps[-1][1].shape == (48, 32, 3)
@@ -329,7 +327,7 @@ def test_prepare_arrays_caches(tmp_path: Path, monkeypatch) -> None:
     manifest = _manifest(tmp_path)
     cache = tmp_path / "cache"
     first = pp.prepare_arrays(manifest, "minimal", image_size=24, cache_dir=cache)
-    assert not first.from_cache and first.x.shape == (3, 24, 24, 3) and first.x.dtype == np.float32
+    assert not first.from_cache and first.x.shape == (3, 24, 24, 3) and first.x.dtype == np.float16
     assert first.cache_file.parent == cache and first.cache_file.name.startswith("minimal-24x24-")
     assert list(first.manifest.columns) == list(manifest.columns)
 
@@ -350,7 +348,7 @@ def test_cache_key_changes_with_inputs(tmp_path: Path) -> None:
     assert key != pp.cache_key(manifest, "paper000", image_size=24)
     assert key != pp.cache_key(manifest, "minimal", image_size=32)
     assert key != pp.cache_key(manifest, "minimal", image_size=24, use_roi=True)
-    tweaked = pp.Preset("minimal", pp.PRESETS["minimal"].steps[:-1] + (pp.Step("zero_mean"),), "x")
+    tweaked = pp.Preset("minimal", pp.PRESETS["minimal"].steps[:-1] + (pp.Step("contrast_stretch"),), "x")
     assert key != pp.cache_key(manifest, tweaked, image_size=24)
     path = Path(manifest.image_path[1])
     stat = path.stat()
@@ -464,17 +462,9 @@ def test_grey_only_steps_refuse_colour_and_accept_grey_copies() -> None:
     grey3 = pp.grey_to_rgb(pp.to_float(breast))
     assert pp.otsu_crop(grey3).shape[2] == 3 and pp.remove_artefacts(grey3).shape == grey3.shape
     for step in (pp.median_filter, pp.gaussian_filter, pp.bilateral_filter, pp.clahe, pp.downscale,
-                 pp.contrast_stretch, pp.scale_01,
-                 pp.zero_mean, pp.mean_normalisation, pp.grey_to_rgb):
+                 pp.contrast_stretch, pp.scale_01, pp.grey_to_rgb):
         assert step(colour).shape == colour.shape, step.__name__
     assert np.array_equal(pp.grey_to_rgb(colour), colour)
-
-
-def test_mean_normalisation_centres_without_scaling() -> None:
-    img = np.random.default_rng(12).random((20, 20)).astype(np.float32) * 0.4 + 0.3
-    out = pp.mean_normalisation(img)
-    assert abs(float(out.mean())) < 1e-6 and np.isclose(out.std(), img.std(), rtol=1e-5)
-    assert pp.STEPS["mean_normalisation"] is pp.mean_normalisation
 
 
 def test_paper_presets_001_to_004() -> None:
@@ -486,17 +476,11 @@ def test_paper_presets_001_to_004() -> None:
     out001 = pp.apply_preset(breast, "paper001", image_size=32)
     assert out001.shape == (32, 32, 3) and out001.min() == 0 and out001.max() == 1  # stretched to [0, L]
     out003 = pp.apply_preset(breast, "paper003", image_size=32)
-    assert abs(float(out003.mean())) < 1e-5 and out003.std() < 0.5  # centred, not divided by std
-    assert [s.name for s in pp.PRESETS["paper003"].steps][-1] == pp.PAPER003_NORMALISATION
-    decimal = pp.paper003_preset("decimal_scaling")
-    assert decimal.name == "paper003-decimal_scaling" and decimal.name not in pp.PRESETS
-    eight_bit = (pp.to_float(breast) * 255).astype(np.uint8)
-    out_decimal = pp.apply_preset(eight_bit, decimal, image_size=32)
-    assert 0 <= out_decimal.min() and out_decimal.max() <= 0.255 + 1e-6  # 255 / 10**3
+    assert 0 <= out003.min() and out003.max() <= 1  # clean: its mean normalisation is in the model
+    assert pp.PRESETS["paper003"].normalisation == pp.PAPER003_NORMALISATION == "mean_normalisation"
+    assert pp.PRESETS["paper000"].normalisation == "zero_mean"
     named = studies.get_study("003").recipe.preprocessing_params["normalisation"]
     assert set(pp.PAPER003_NORMALISATIONS) == set(named)
-    with pytest.raises(ValueError, match="z_score"):
-        pp.paper003_preset("z_score")
     colour = colour_image()
     size004 = studies.get_study("004").recipe.input_size  # (height, width): landscape
     assert size004[1] > size004[0]
@@ -519,7 +503,7 @@ def test_prepare_arrays_reads_colour_for_colour_presets(tmp_path: Path) -> None:
     colour = pp.prepare_arrays(manifest, "paper002", image_size=(16, 24), cache_dir=tmp_path / "c")
     assert colour.x.shape == (2, 16, 24, 3) and all(pp.is_colour(img) for img in colour.x)
     expected = pp.apply_preset(pp.read_image(paths[0], color=True), "paper002", image_size=(16, 24))
-    assert np.array_equal(colour.x[0], expected)
+    assert np.array_equal(colour.x[0], expected.astype(np.float16))
     grey_twin = pp.Preset("paper002", pp.PRESETS["paper002"].steps, "same steps, read grey")
     grey = pp.prepare_arrays(manifest, grey_twin, image_size=(16, 24), cache_dir=tmp_path / "c")
     assert not grey.from_cache and grey.cache_file != colour.cache_file
@@ -527,17 +511,32 @@ def test_prepare_arrays_reads_colour_for_colour_presets(tmp_path: Path) -> None:
     assert pp.cache_key(manifest, grey_twin, image_size=8) != pp.cache_key(manifest, "paper002", image_size=8)
 
 
-def test_preset_value_range_matches_outputs() -> None:
+def test_every_preset_ends_at_a_clean_image_and_names_a_model_normalisation() -> None:
+    from helpers.models import NORMALISATIONS
+
     breast, _ = make_breast(96, seed=6)
-    for name in pp.PRESETS:
+    for name, preset in pp.PRESETS.items():
         out = pp.apply_preset(breast, name, image_size=24)
-        value_range = pp.preset_value_range(name)
-        if value_range is None:
-            assert out.min() < 0  # zero-mean kinds
-        else:
-            assert value_range[0] <= out.min() and out.max() <= value_range[1]
-    assert pp.preset_value_range("paper000") is None and pp.preset_value_range("paper001") == (0.0, 1.0)
+        assert out.dtype == np.float32 and 0.0 <= out.min() and out.max() <= 1.0, name
+        assert preset.normalisation in NORMALISATIONS, name
     bicubic = pp.Preset("b", (pp.Step("to_float"), pp.Step("resize", {"method": "bicubic"}),
-                              pp.Step("grey_to_rgb")), "bicubic overshoots")
-    assert pp.preset_value_range(bicubic) is None
-    assert pp.preset_value_range(pp.paper003_preset("decimal_scaling")) is None
+                              pp.Step("grey_to_rgb")), "bicubic overshoots a little")
+    out = pp.apply_preset(breast, bicubic, image_size=24)
+    assert 0.0 <= out.min() and out.max() <= 1.0  # clipped
+    scaled = pp.Preset("s", (pp.Step("resize", {"method": "area"}), pp.Step("grey_to_rgb")), "raw 0-255")
+    with pytest.raises(ValueError, match=r"outside \[0, 1\].*normalisation belongs to the model"):
+        pp.apply_preset((pp.to_float(breast) * 255).astype(np.float32), scaled, image_size=24)
+
+
+def test_prepared_arrays_are_compact_float16_and_grey_is_stored_once(tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, count=3)
+    prepared = pp.prepare_arrays(manifest, "minimal", image_size=24, cache_dir=tmp_path / "c")
+    assert prepared.x.dtype == np.float16 and prepared.x.shape == (3, 24, 24, 3)
+    assert not prepared.x.flags.writeable  # a view of the one stored channel
+    with np.load(prepared.cache_file) as stored:
+        assert stored["x"].shape == (3, 24, 24, 1) and stored["x"].dtype == np.float16
+    exact = np.stack([pp.apply_preset(pp.read_image(path), "minimal", image_size=24)
+                      for path in manifest["image_path"]])
+    assert np.abs(prepared.x.astype(np.float32) - exact).max() <= 2.0 ** -11  # float16 rounding
+    again = pp.prepare_arrays(manifest, "minimal", image_size=24, cache_dir=tmp_path / "c")
+    assert again.from_cache and np.array_equal(again.x, prepared.x)

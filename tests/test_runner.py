@@ -81,3 +81,22 @@ def test_runs_wait_for_the_run_they_reuse_and_the_results_for_every_run(tmp_path
     assert runner._must_wait(results, [other, results], [])
     assert not runner._must_wait(results, [results], [])
     assert not runner._must_wait(planned("svm2", reuses="not-in-this-plan"), [], [])  # --only without tl
+
+
+def test_a_run_without_its_imagenet_weights_is_not_started_and_is_reported(tmp_path, monkeypatch, capsys):
+    from helpers import plan
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HELPERS_REPORTS_DIR", str(tmp_path / "reports"))
+    monkeypatch.setattr("helpers.models._download_imagenet_file",
+                        lambda *args: (_ for _ in ()).throw(OSError("network is unreachable")))
+    started = []
+    monkeypatch.setattr(runner, "execute", lambda run, **kwargs: started.append(run.name))
+    monkeypatch.setattr(reporting, "build_report", lambda folder, profile: folder / "index.html")
+    outcomes, _ = runner.run_plan("cpu", only=["tl_000_vgg16"], echo=print)
+    assert started == [] and [o.status for o in outcomes] == ["unavailable"]
+    status = json.loads((tmp_path / "reports" / "cpu" / "tl_000_vgg16" / runner.RUN_FILE).read_text())
+    assert status["status"] == "unavailable" and "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in status["message"]
+    assert "not run, its ImageNet weights are unavailable" in capsys.readouterr().out
+    scratch = next(run for run in plan.planned_runs("cpu") if run.name == "scratch_000_vgg16")
+    assert runner.missing_weights(scratch) is None  # random weights need no file

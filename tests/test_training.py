@@ -416,3 +416,25 @@ def test_augment_hook_applies_to_training_batches_only_and_is_seeded(tmp_path):
                           augment=lambda batch, index: batch[:, :4])
     with pytest.raises(ValueError, match="shape"):
         bad[0]
+
+
+def test_split_at_backbone_shares_layers_and_trains_the_whole_models_head(tmp_path):
+    from helpers import models, training
+
+    model = models.build_classifier("squeezenet", head="paper000", weights=None, freeze="base",
+                                    input_shape=(40, 40, 3), num_classes=2, seed=0, normalisation="zero_mean")
+    features, head = training.split_at_backbone(model)
+    x = np.random.default_rng(0).random((12, 40, 40, 3)).astype(np.float16)  # as the cache holds them
+    y = np.array([0, 1] * 6)
+    assert np.allclose(training.predict_batches(head, training.predict_batches(features, x)),
+                       training.predict_batches(model, x), atol=1e-5)
+    before = [w.copy() for w in model.get_layer("paper000_fc1").get_weights()]
+    training.compile_classifier(head, optimiser="adam", learning_rate=1e-2)
+    cached = training.predict_batches(features, x)
+    training.train(head, cached, y, cached, y, epochs=2, batch_size=4, run_dir=tmp_path, seed=0,
+                   saved_model=model, verbose=0)
+    after = model.get_layer("paper000_fc1").get_weights()
+    assert not all(np.array_equal(a, b) for a, b in zip(before, after))  # the model's own head learned
+    reloaded = keras.saving.load_model(tmp_path / training.BEST_MODEL_FILE, compile=False)
+    assert reloaded.name == model.name and reloaded.get_layer("normalisation").mode == "zero_mean"
+    assert np.allclose(training.predict_batches(reloaded, x), training.predict_batches(model, x), atol=1e-5)

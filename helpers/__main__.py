@@ -1,5 +1,6 @@
 """Command line: ``python -m helpers run --profile {smoke,cpu,paper} [--only RUN ...]``;
-``python -m helpers data {list,download,verify} NAME --to DIR``."""
+``python -m helpers data {list,download,verify} NAME --to DIR``;
+``python -m helpers weights {list,download} [BACKBONE ...]`` (ImageNet weights in Keras' cache)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("--sha256", help="pin the archive's SHA-256 (download)")
     data.add_argument("--url", help="download from this address instead (a mirror)")
     data.add_argument("--no-progress", action="store_true", help="no progress bar")
+    weights = commands.add_parser("weights", help="ImageNet weights in Keras' cache: which are there, or download them")
+    weights.add_argument("action", choices=("list", "download"))
+    weights.add_argument("backbones", nargs="*", metavar="BACKBONE", help="registry names (default: all)")
     args = parser.parse_args(argv)
 
     try:
@@ -62,7 +66,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             suite=args.suite, skip_bad=args.skip_bad, force=args.force, jobs=args.jobs
         )
         failed = [o for o in outcomes if o.status in ("failed", "timeout")]
-        print(f"\n{len(outcomes) - len(failed)} of {len(outcomes)} runs ok; report: {index}")
+        unavailable = sum(o.status == "unavailable" for o in outcomes)
+        done = len(outcomes) - len(failed) - unavailable
+        print(f"\n{done} of {len(outcomes)} runs ok"
+              + (f", {unavailable} not run for want of ImageNet weights (see the report)" if unavailable else "")
+              + f"; report: {index}")
         for outcome in failed:
             print(f"  {outcome.name}: {outcome.status}: {outcome.message}", file=sys.stderr)
         return 1 if failed else 0
@@ -71,6 +79,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         runner.refresh_notebooks(args.notebooks or None)
         return 0
+    if args.command == "weights":
+        return _weights(args.action, args.backbones)
     if args.command == "data":
         from helpers import downloads
 
@@ -94,6 +104,30 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
     return 2
+
+
+def _weights(action: str, names: list[str]) -> int:
+    """``weights list``: each backbone's ImageNet file and whether Keras' cache has it;
+    ``weights download``: fetch (and for AlexNet/GoogLeNet convert) the missing ones, with progress."""
+    from helpers import models
+
+    names = names or list(models.BACKBONES)
+    missing = 0
+    print(f"Keras' cache: {models.keras_models_dir()}")
+    for name in names:
+        spec = models.get_backbone(name)
+        if action == "download":
+            try:
+                path = models.imagenet_weights_path(name)
+            except models.WeightsUnavailableError as error:
+                print(f"{name}: {error}", file=sys.stderr)
+                missing += 1
+                continue
+        else:
+            path = models.cached_imagenet_weights(name)
+            missing += path is None
+        print(f"{name:18} {spec.imagenet_files[0]:66} {'cached' if path else 'missing'}")
+    return 1 if missing else 0
 
 
 if __name__ == "__main__":

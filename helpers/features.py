@@ -28,8 +28,6 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 import pandas as pd
-
-from helpers import models as _models  # noqa: F401 - registers ImageNormalisation for load_model
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
@@ -37,6 +35,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils.validation import _check_feature_names_in, check_is_fitted, validate_data
+
+from helpers import models as _models  # noqa: F401 - registers ImageNormalisation for load_model
 
 # Layers whose output is a pooled (or flattened) feature vector: the default cut of a classifier.
 FEATURE_LAYER_TYPES = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D,

@@ -252,9 +252,10 @@ def train_model(settings: RunSettings, model: "keras.Model", data: PreparedData,
     """Compile with the recipe's optimiser and loss, then fit with augmentation on the training
     split only, class weights, the best-``val_loss`` checkpoint and optional fine-tuning phase.
 
-    With ``settings.cache_features`` (a frozen ImageNet base) the base's features are computed
-    once per image and only the head is trained on them (:func:`helpers.training.split_at_backbone`);
-    the whole model, with the trained head, is what is kept.
+    With ``settings.cache_features`` (a frozen base) the base's features are computed once per
+    image and only the head is trained on them (:func:`helpers.training.split_at_backbone`); the
+    whole model, with the trained head, is what is kept. A frozen *random* base first gets its
+    batch-norm statistics from the training images (:func:`helpers.training.calibrate_batch_norm`).
     """
     from helpers import training
 
@@ -264,6 +265,8 @@ def train_model(settings: RunSettings, model: "keras.Model", data: PreparedData,
     augmenter = None
     if settings.cache_features:
         features, trained = training.split_at_backbone(model)
+        if settings.weights is None:  # random features: batch norm set from the training images
+            training.calibrate_batch_norm(features, x_train, batch_size=settings.batch_size)
         x_train = training.predict_batches(features, x_train, batch_size=settings.batch_size)
         x_val = training.predict_batches(features, x_val, batch_size=settings.batch_size)
     else:

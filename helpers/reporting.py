@@ -104,6 +104,9 @@ def comparison_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for _, paper in reported.iterrows():
         match = ours[[_matches(run, paper) for _, run in ours.iterrows()]] if not ours.empty else ours
+        if len(match):  # the papers started from ImageNet: our ImageNet run where there is one
+            match = match.assign(_random=match["weights"].str.startswith("random")).sort_values(
+                "_random", kind="stable")
         run = match.iloc[0] if len(match) else None
         rows.append({
             "paper": f"paper {paper['study']}", "backbone": paper["backbone"], "classifier": paper["classifier"],
@@ -431,7 +434,7 @@ def build_report(folder: Path | str, *, profile: str) -> Path:
             f"<h1>Study report: profile <code>{html.escape(profile)}</code></h1>",
             *(f"<p>{html.escape(line).replace('**', '')}</p>" for line in intro)]
     page += [f"<h2>{html.escape(heading)}</h2>" + (f"<p>{html.escape(notes[heading])}</p>" if heading in notes else "")
-             + (f"<img src='transfer.png' alt='transfer.png' style='max-width:100%'>"
+             + ("<img src='transfer.png' alt='transfer.png' style='max-width:100%'>"
                 if heading == TRANSFER_HEADING and (folder / "transfer.png").exists() else "")
              + _html_table(table) for heading, table in sections]
     page += ["<h2>Figures</h2>"] + [f"<h3>{html.escape(name)}</h3>" + "".join(

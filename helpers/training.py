@@ -193,6 +193,48 @@ def split_at_backbone(model: keras.Model) -> tuple[keras.Model, keras.Model]:
     return features, keras.Model(inputs, x, name=model.name)
 
 
+def calibrate_batch_norm(base: keras.Model, x: np.ndarray, *, batch_size: int = 32) -> int:
+    """Set the moving statistics of ``base``'s batch-norm layers from images ``x`` (no weight
+    is learned); return how many layers were set. Flags and momentums are restored.
+
+    A *random* frozen base would otherwise normalise with its initial statistics (mean 0,
+    variance 1): activations then shrink layer by layer (to about 1e-12 at MobileNetV2's last
+    layer), every image gets the same features and the head cannot learn: no baseline at all.
+    One pass in training mode over ``x``, with each layer's momentum set so that its moving
+    statistics become the running mean of the batches' statistics (momentum ``(k - 1) / k`` at
+    batch ``k``), gives each layer the statistics of the training images as the layers before it
+    see them. Call it on the training split only; ImageNet bases keep their ImageNet statistics.
+    """
+    layers_inside = [base, *_nested_layers(base)]
+    norms = [layer for layer in layers_inside if isinstance(layer, keras.layers.BatchNormalization)]
+    if not norms:
+        return 0
+    flags = [(layer, layer.trainable) for layer in layers_inside]
+    momentums = [(layer, layer.momentum) for layer in norms]
+    try:
+        for layer, _ in flags:
+            layer.trainable = True
+        for count, start in enumerate(range(0, len(x), batch_size), start=1):
+            for layer in norms:
+                layer.momentum = (count - 1) / count
+            base(np.asarray(x[start:start + batch_size]), training=True)
+    finally:
+        for layer, trainable in flags:
+            layer.trainable = trainable
+        for layer, momentum in momentums:
+            layer.momentum = momentum
+    return len(norms)
+
+
+def _nested_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    found = []
+    for layer in model.layers:
+        found.append(layer)
+        if isinstance(layer, keras.Model):
+            found.extend(_nested_layers(layer))
+    return found
+
+
 def _check_labels(y: np.ndarray, what: str) -> np.ndarray:
     if y.ndim != 1 or len(y) == 0:
         raise ValueError(f"{what} must be a non-empty 1-D array of class indices, "

@@ -13,7 +13,6 @@ from helpers.models import (
     ALEXNET_BLOCKS,
     FUSION_NAME,
     RESNET50_STAGES,
-    WeightsUnavailableError,
     build_fusion,
     describe_weights,
     fusion_min_input_size,

@@ -547,3 +547,16 @@ def test_outputs_stay_float32_under_mixed_precision():
             assert model.get_layer("squeezenet").layers[1].compute_dtype == "float16"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_weights_command_lists_every_backbones_file(tmp_path, monkeypatch, capsys):
+    from helpers.__main__ import main
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / MOBILENETV2_224).write_bytes(b"")  # only "is it there" is asked
+    assert main(["weights", "list"]) == 1  # some are missing
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"Keras' cache: {tmp_path / 'models'}"
+    rows = {line.split()[0]: line.split()[-1] for line in lines[1:]}
+    assert set(rows) == set(BACKBONES) and rows["mobilenetv2"] == "cached" and rows["alexnet"] == "missing"

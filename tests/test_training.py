@@ -438,3 +438,27 @@ def test_split_at_backbone_shares_layers_and_trains_the_whole_models_head(tmp_pa
     reloaded = keras.saving.load_model(tmp_path / training.BEST_MODEL_FILE, compile=False)
     assert reloaded.name == model.name and reloaded.get_layer("normalisation").mode == "zero_mean"
     assert np.allclose(training.predict_batches(reloaded, x), training.predict_batches(model, x), atol=1e-5)
+
+
+def test_a_random_frozen_base_gets_batch_norm_statistics_from_the_images_and_stays_frozen():
+    from helpers import models, training
+
+    model = models.build_classifier("mobilenetv2", head="paper000", weights=None, freeze="base",
+                                    input_shape=(32, 32, 3), num_classes=2, seed=0, normalisation="zero_mean")
+    features, _ = training.split_at_backbone(model)
+    rng = np.random.default_rng(1)
+    rows, cols = np.mgrid[:32, :32]
+    x = np.stack([np.exp(-((rows - cy) ** 2 + (cols - cx) ** 2) / (2 * r ** 2))  # a blob per image
+                  for cy, cx, r in zip(rng.uniform(4, 28, 40), rng.uniform(4, 28, 40), rng.uniform(2, 9, 40))])
+    x = np.repeat(x[..., None], 3, axis=3).astype(np.float32)
+    flat = training.predict_batches(features, x)
+    assert np.allclose(flat, flat[0], atol=1e-6)  # initial statistics: every image the same features
+    base = models.find_backbone(model)
+    kernels = [w.copy() for w in base.get_layer("Conv1").get_weights()]
+    assert training.calibrate_batch_norm(features, x, batch_size=8) > 10
+    calibrated = training.predict_batches(features, x)
+    assert calibrated.reshape(40, -1).std(axis=0).max() > 1e-3  # now the images differ
+    assert all(np.array_equal(a, b) for a, b in zip(kernels, base.get_layer("Conv1").get_weights()))
+    assert not base.trainable and not any(layer.trainable for layer in base.layers)
+    assert {layer.momentum for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)} == {
+        models.SCRATCH_BN_MOMENTUM}

@@ -257,7 +257,7 @@ def transfer_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
             "imagenet_arm": (f"{theirs.get('weights')}, freeze {theirs.get('freeze')}, "
                              f"normalisation {theirs.get('normalisation')}, {theirs.get('epochs')} epochs"
                              + (", cached features" if theirs.get("cache_features") else "")) if theirs else
-                            _text(imagenet["status"].get("message"))[:160],
+                            f"not run ({status}: see Runs)",
             "scratch_arm": (f"random init, freeze {run.get('freeze')}, normalisation {run.get('normalisation')}, "
                             f"{run.get('epochs')} epochs") if run else "",
         })
@@ -297,12 +297,12 @@ def plot_transfer(table: pd.DataFrame, *, title: str = ""):
             right.plot([row.difference], [y], "o", color="black")
     left.axvline(0.5, color="grey", linestyle=":", linewidth=1)
     right.axvline(0.0, color="grey", linestyle=":", linewidth=1)
-    left.set_xlim(0, 1)
+    left.set_xlim(0, 1.03)
     left.set_yticks(positions, labels, fontsize=8)
     left.set_xlabel("test ROC AUC (95 % bootstrap CI)", fontsize=8)
     right.set_xlabel("ImageNet minus random init (paired 95 % CI)", fontsize=8)
     if left.get_legend_handles_labels()[0]:
-        left.legend(fontsize=7, loc="lower right")
+        left.legend(fontsize=7, loc="best")
     fig.suptitle(title or TRANSFER_HEADING, fontsize=9)
     return fig
 
@@ -406,8 +406,11 @@ def build_report(folder: Path | str, *, profile: str) -> Path:
         "same resamples of whole test patients). A CI of the difference that contains 0 is no evidence "
         "either way. Where ImageNet weights could not be had (offline, not in Keras' cache) the row "
         "says so, and nothing was substituted.")
+    shown = ["backbone", "recipe", "imagenet_auc", "imagenet_95ci", "scratch_auc", "scratch_95ci", "difference",
+             "difference_95ci", "n_test"]
     sections = [
-        (TRANSFER_HEADING, transfer),
+        (TRANSFER_HEADING, transfer[shown]),
+        ("What each arm of the comparison was", transfer[["backbone", "imagenet_arm", "scratch_arm"]]),
         ("Runs", _status_table(entries)),
         ("Our results (image level, test split)", ours_shown),
         ("95 % bootstrap confidence intervals (image level)", with_ci),

@@ -18,7 +18,7 @@ from conftest import REPO_ROOT
 from helpers import evaluation, plan, runner
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9]*.ipynb"))
-ALL_RUNS = tuple(run.name for run in plan.load_plan().runs if "study" in run.suites)
+ALL_RUNS = tuple(run.name for run in plan.planned_runs("smoke"))  # no random-weights baselines: smoke is random
 TRAINING_RUNS = tuple(name for name in ALL_RUNS if name.startswith("tl_"))
 SVM_RUNS = tuple(name for name in ALL_RUNS if name.startswith("svm_"))
 FUSION_RUNS = tuple(name for name in ALL_RUNS if name.startswith("fusion_"))

@@ -844,19 +844,20 @@ def count_parameters(name: str, *, include_top: bool = True,
 
 def _learnable(model: keras.Model) -> int:
     """Weights that are not batch-norm moving statistics, counted whatever ``trainable`` says."""
-    moving = {id(weight) for layer in _all_layers(model)
+    moving = {id(weight) for layer in all_layers(model)
               if isinstance(layer, layers.BatchNormalization)
               for weight in (layer.moving_mean, layer.moving_variance)}
     return int(sum(math.prod(weight.shape) for weight in model.weights
                    if id(weight) not in moving))
 
 
-def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+def all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer of ``model``, those of nested models included (depth first)."""
     found = []
     for layer in model.layers:
         found.append(layer)
         if isinstance(layer, keras.Model):
-            found.extend(_all_layers(layer))
+            found.extend(all_layers(layer))
     return found
 
 

@@ -52,6 +52,7 @@ def results_table(entries: list[dict[str, Any]], level: str = "image_level") -> 
         row = {
             "run": entry["name"], "study": run.get("study"), "dataset": run.get("dataset"),
             "task": run.get("task"), "backbone": run.get("backbone"), "weights": run.get("weights"),
+            "normalisation": run.get("normalisation", "not recorded"),
             "optimiser": run.get("optimiser"), "classifier": run.get("classifier", "network"),
             "profile": run.get("profile"), "input": "x".join(map(str, run.get("image_size", []))),
             "epochs": run.get("epochs"), "n_test": metrics[level].get("n"),

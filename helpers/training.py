@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from helpers.models import HEAD_LOSSES, find_backbone, head_name, output_kind, set_freeze
+from helpers.models import HEAD_LOSSES, all_layers, find_backbone, head_name, output_kind, set_freeze
 from helpers.paths import atomic_path
 
 BEST_MODEL_FILE = "best.keras"
@@ -205,7 +205,7 @@ def calibrate_batch_norm(base: keras.Model, x: np.ndarray, *, batch_size: int = 
     batch ``k``), gives each layer the statistics of the training images as the layers before it
     see them. Call it on the training split only; ImageNet bases keep their ImageNet statistics.
     """
-    layers_inside = [base, *_nested_layers(base)]
+    layers_inside = [base, *all_layers(base)]
     norms = [layer for layer in layers_inside if isinstance(layer, keras.layers.BatchNormalization)]
     if not norms:
         return 0
@@ -224,15 +224,6 @@ def calibrate_batch_norm(base: keras.Model, x: np.ndarray, *, batch_size: int = 
         for layer, momentum in momentums:
             layer.momentum = momentum
     return len(norms)
-
-
-def _nested_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    found = []
-    for layer in model.layers:
-        found.append(layer)
-        if isinstance(layer, keras.Model):
-            found.extend(_nested_layers(layer))
-    return found
 
 
 def _check_labels(y: np.ndarray, what: str) -> np.ndarray:

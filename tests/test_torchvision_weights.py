@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import http.server
 import io
 import os
 import pickle
 import socket
-import threading
 import types
 import zipfile
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
 from helpers import models
+from test_downloads import Server
 from helpers import torchvision_weights as tw
 from helpers.torchvision_weights import (
     ChecksumMismatchError,
@@ -609,46 +608,9 @@ def test_alexnet_fc6_rows_follow_keras_flatten_order(alexnet_weights, alexnet_co
 # --------------------------------------------------------------------------------------------
 
 
-class LoopbackServer:
-    """Serves ``files`` (path -> bytes) on 127.0.0.1; records the paths asked for."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.requests: list[str] = []
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                owner.requests.append(self.path)
-                data = owner.files.get(self.path)
-                if data is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-
 @pytest.fixture
 def server():
-    srv = LoopbackServer()
+    srv = Server()  # tests/test_downloads.py's loopback server
     yield srv
     srv.stop()
 
@@ -692,7 +654,7 @@ def test_download_convert_then_the_cache_is_used_without_the_server(tmp_path, se
     folder = tmp_path / "keras" / "models"
     path = tw.ensure_keras_weights("googlenet", folder, source=entry, progress=False)
     assert path == folder / "googlenet_test.h5" and path.is_file()
-    assert server.requests == [f"/models/{entry.file_name}"]
+    assert [entry["path"] for entry in server.log] == [f"/models/{entry.file_name}"]
     assert sorted(p.name for p in folder.iterdir()) == ["googlenet_test.h5"]  # .pth deleted
     model = googlenet_top
     assert models.load_h5_weights_by_name(model, path) == len(tw.keras_layer_names("googlenet"))

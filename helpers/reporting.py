@@ -260,7 +260,8 @@ def transfer_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
                              + (", cached features" if theirs.get("cache_features") else "")) if theirs else
                             f"not run ({status}: see Runs)",
             "scratch_arm": (f"random init, freeze {run.get('freeze')}, normalisation {run.get('normalisation')}, "
-                            f"{run.get('epochs')} epochs") if run else "",
+                            f"{run.get('epochs')} epochs"
+                            + (", cached features" if run.get("cache_features") else "")) if run else "",
         })
     return pd.DataFrame(rows, columns=[
         "backbone", "recipe", "imagenet_run", "imagenet_auc", "imagenet_95ci", "scratch_run", "scratch_auc",

@@ -40,7 +40,12 @@ import numpy as np
 from keras import layers, ops
 from keras.applications import imagenet_utils
 
-from helpers.torchvision_weights import TORCHVISION_FILES, WeightsUnavailableError, ensure_keras_weights
+from helpers.torchvision_weights import (
+    GOOGLENET_INCEPTIONS,
+    TORCHVISION_FILES,
+    WeightsUnavailableError,
+    ensure_keras_weights,
+)
 
 KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 SQUEEZENET_WEIGHTS_URL = "https://github.com/rcmalli/keras-squeezenet/releases/download/v1.0/"
@@ -327,15 +332,6 @@ def SqueezeNet(include_top: bool = False, weights: None = None,
     return keras.Model(inputs, x, name=name)
 
 
-# GoogLeNet inception modules (torchvision's numbers, Szegedy et al. 2014 Table 1): name,
-# #1x1, #3x3 reduce, #3x3, "#5x5 reduce", "#5x5", pool proj.
-GOOGLENET_INCEPTIONS = (
-    ("3a", 64, 96, 128, 16, 32, 32), ("3b", 128, 128, 192, 32, 96, 64),
-    ("4a", 192, 96, 208, 16, 48, 64), ("4b", 160, 112, 224, 24, 64, 64),
-    ("4c", 128, 128, 256, 24, 64, 64), ("4d", 112, 144, 288, 32, 64, 64),
-    ("4e", 256, 160, 320, 32, 128, 128), ("5a", 256, 160, 320, 32, 128, 128),
-    ("5b", 384, 192, 384, 48, 128, 128),
-)
 
 
 def _conv_bn(x: keras.KerasTensor, filters: int, kernel: int, name: str,

@@ -490,9 +490,10 @@ _ALEXNET: tuple[_LayerMap, ...] = (
     _LayerMap("predictions", "dense", "classifier.6", (IMAGENET_CLASSES, 4096)),
 )
 
-# torchvision's GoogLeNet inception modules (the table of helpers.models.GOOGLENET_INCEPTIONS):
-# name, #1x1, #3x3 reduce, #3x3, "#5x5" reduce, "#5x5" (3x3 kernels in torchvision), pool proj.
-_GOOGLENET_INCEPTIONS = (
+# GoogLeNet's inception modules (torchvision's numbers, Szegedy et al. 2014 Table 1), the one table
+# helpers.models builds the network from: name, #1x1, #3x3 reduce, #3x3, "#5x5" reduce, "#5x5"
+# (3x3 kernels in torchvision), pool proj. Kept here so that this module needs no Keras.
+GOOGLENET_INCEPTIONS = (
     ("3a", 64, 96, 128, 16, 32, 32), ("3b", 128, 128, 192, 32, 96, 64),
     ("4a", 192, 96, 208, 16, 48, 64), ("4b", 160, 112, 224, 24, 64, 64),
     ("4c", 128, 128, 256, 24, 64, 64), ("4d", 112, 144, 288, 32, 64, 64),
@@ -514,7 +515,7 @@ def _googlenet_layers() -> tuple[_LayerMap, ...]:
     found = [*_basic_conv("conv1", 3, 64, 7), *_basic_conv("conv2", 64, 64, 1),
              *_basic_conv("conv3", 64, 192, 3)]
     channels = 192
-    for key, ch1, ch3red, ch3, ch5red, ch5, pool_proj in _GOOGLENET_INCEPTIONS:
+    for key, ch1, ch3red, ch3, ch5red, ch5, pool_proj in GOOGLENET_INCEPTIONS:
         module = f"inception{key}"
         found += [*_basic_conv(f"{module}.branch1", channels, ch1, 1),
                   *_basic_conv(f"{module}.branch2.0", channels, ch3red, 1),

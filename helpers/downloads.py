@@ -100,7 +100,7 @@ def fetch(url: str, target: str | Path, *, sha256: str | None = None, progress: 
         if error.code == 416 and done:  # nothing left to send: the .part may already be whole
             error.close()
             if _content_range_total(error.headers.get("Content-Range")) == done:
-                return _finish(part, target, _sha256_file(part), expected, url)
+                return _finish(part, target, sha256_file(part), expected, url)
             part.unlink()
             return fetch(url, target, sha256=sha256, progress=progress, timeout=timeout, chunk_size=chunk_size)
         raise DownloadError(f"{url}: HTTP {error.code} {error.reason}") from error
@@ -177,7 +177,7 @@ def download(name: str, to: str | Path, *, url: str | None = None, sha256: str |
     digest = None
     if archive.exists():
         known = expected or (record or {}).get("sha256")
-        digest = _sha256_file(archive)
+        digest = sha256_file(archive)
         if known and digest != known:
             print(f"{archive} does not match SHA-256 {known}; downloading it again", file=sys.stderr)
             os.replace(archive, archive.with_name(archive.name + ".bad"))
@@ -371,7 +371,7 @@ def verify(name: str, to: str | Path) -> VerifyReport:
             ok = False
             lines.append(f"  recorded SHA-256 {recorded} differs from the pinned {source.sha256}")
         if archive.is_file():
-            got = _sha256_file(archive)
+            got = sha256_file(archive)
             if got == recorded:
                 lines.append(f"  archive {archive.name}: SHA-256 matches the recorded value ({how})")
             else:
@@ -695,7 +695,8 @@ def _hash_into(hasher: "hashlib._Hash", path: Path) -> None:
             hasher.update(chunk)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The SHA-256 hex digest of a file, read in chunks."""
     hasher = hashlib.sha256()
     _hash_into(hasher, path)
     return hasher.hexdigest()

@@ -44,6 +44,7 @@ from helpers.torchvision_weights import (
     GOOGLENET_INCEPTIONS,
     TORCHVISION_FILES,
     WeightsUnavailableError,
+    default_models_dir,
     ensure_keras_weights,
 )
 
@@ -656,9 +657,7 @@ def keras_models_dir() -> Path:
     Keras itself reads ``KERAS_HOME`` once at import; this function reads it at call time so
     that a notebook or test can point it elsewhere after ``import keras``.
     """
-    home = os.environ.get("KERAS_HOME")
-    base = Path(home).expanduser() if home else Path.home() / ".keras"
-    return base / "models"
+    return default_models_dir()
 
 
 def imagenet_file_name(name: str, input_shape: tuple[int, int, int] | None = None) -> str:

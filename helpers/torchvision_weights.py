@@ -26,7 +26,6 @@ Only numpy, h5py and the standard library are imported here (no torch, no Keras)
 from __future__ import annotations
 
 import collections
-import hashlib
 import os
 import pickle
 import re
@@ -38,6 +37,8 @@ from typing import Any, BinaryIO
 
 import h5py
 import numpy as np
+
+from helpers.downloads import sha256_file
 
 TORCHVISION_URL = "https://download.pytorch.org/models/"
 DOWNLOAD_TIMEOUT_S = 30.0  # seconds without progress on the socket before a download gives up
@@ -668,15 +669,6 @@ def default_models_dir() -> Path:
     return (Path(home).expanduser() if home else Path.home() / ".keras") / "models"
 
 
-def sha256_of(path: str | Path) -> str:
-    """The SHA-256 hex digest of a file."""
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            hasher.update(chunk)
-    return hasher.hexdigest()
-
-
 def _check_prefix(path: Path, entry: TorchvisionFile, digest: str) -> None:
     if not digest.startswith(entry.sha256_prefix):
         raise ChecksumMismatchError(
@@ -747,7 +739,7 @@ def ensure_keras_weights(name: str, models_dir: str | Path | None = None, *,
     full_url = (url.rstrip("/") + "/" + entry.file_name) if url else entry.url
     downloaded = False
     if pth.is_file():
-        _check_prefix(pth, entry, sha256_of(pth))
+        _check_prefix(pth, entry, sha256_file(pth))
     elif not download:
         raise WeightsUnavailableError(_unavailable(entry, folder, full_url,
                                                    "downloading is off (download=False)"))

@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: in a Jupyter kernel without ipywidgets it warns on import
 
 from helpers.paths import write_text_atomic
 

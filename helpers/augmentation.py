@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
+from helpers import backend  # noqa: F401  (imports Keras quietly)
 import keras
 import numpy as np
 import pandas as pd
@@ -231,9 +232,8 @@ def get_scheme(name: str) -> Scheme:
 
 
 def scheme_for_study(study: str) -> str:
-    """The scheme name of study ``"000"``..``"004"``: ``paper<study>`` if registered, else ``none``."""
-    studies.get_study(study)  # KeyError for an unknown study
-    return f"paper{study}" if f"paper{study}" in SCHEMES else "none"
+    """The scheme study ``"000"``..``"004"``'s recipe names (``none`` where it gives no augmentation)."""
+    return studies.get_study(study).recipe.augmentation_scheme  # KeyError for an unknown study
 
 
 def scheme_table(names: Sequence[str] | None = None) -> pd.DataFrame:
@@ -365,7 +365,7 @@ def augmented_patches(scheme: str, sources: dict[str, tuple[np.ndarray, tuple[fl
     then ``count`` augmented versions (for :func:`helpers.figures.augmentation_grid`)."""
     from helpers import preprocessing
 
-    preset = f"paper{get_scheme(scheme).study}"
+    preset = studies.get_study(get_scheme(scheme).study).recipe.preset
     augmenter = build_augmenter(scheme, image_size=size, seed=seed)
     return {name: variants(preprocessing.apply_preset(image, preset, image_size=size, roi=roi), augmenter,
                            count=count)

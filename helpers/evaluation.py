@@ -45,7 +45,9 @@ from helpers.figures import new_figure
 
 from helpers.paths import atomic_path, write_text_atomic
 
-METRICS_SCHEMA_VERSION: int = 1
+METRICS_SCHEMA_VERSION: int = 2
+"""Version 2 adds ``environment`` (Keras backend, library versions, device: ``helpers.backend``);
+version 1 files, which lack it, are still read."""
 METRIC_NAMES = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
 
 RUN_KEYS = (
@@ -610,7 +612,9 @@ def write_metrics_json(path: Path, record: dict) -> Path:
     """Validate ``record`` and write it as versioned, byte-stable JSON, atomically; return the path.
 
     ``record`` needs ``run`` (with all of RUN_KEYS) and ``image_level`` (as from ``evaluate``);
-    ``patient_level`` is optional. Nothing is written if the record is invalid.
+    ``patient_level`` is optional. ``environment`` (what the run computed with) is this process'
+    :func:`helpers.backend.environment` unless the record brings its own. Nothing is written if
+    the record is invalid.
     """
     path = Path(path)
     missing = _missing_keys(record)
@@ -619,6 +623,11 @@ def write_metrics_json(path: Path, record: dict) -> Path:
     version = record.get("schema_version", METRICS_SCHEMA_VERSION)
     if version != METRICS_SCHEMA_VERSION:
         raise ValueError(f"{path}: record has schema_version {version!r}, this code writes {METRICS_SCHEMA_VERSION}")
+    if "environment" not in record:
+        from helpers import backend  # imports Keras (quietly): only when a record is written
+
+        record = {**record, "environment": backend.environment()}
+    _check_environment(record["environment"], path)
     plain = _to_plain(record, "record")
     plain["schema_version"] = METRICS_SCHEMA_VERSION
     text = json.dumps(plain, sort_keys=True, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
@@ -648,6 +657,17 @@ def read_metrics_json(path: Path) -> dict:
             "update the helpers package"
         )
     missing = _missing_keys(record)
+    if version >= 2 and "environment" not in record:
+        missing.append("environment")
     if missing:
         raise ValueError(f"{path}: metrics.json is missing keys: {', '.join(missing)}")
+    if "environment" in record:
+        _check_environment(record["environment"], path)
     return record
+
+
+def _check_environment(environment: Any, path: Path) -> None:
+    """``environment`` must map names to strings (``helpers.backend.environment``)."""
+    if not isinstance(environment, Mapping) or not all(
+            isinstance(key, str) and isinstance(value, str) for key, value in environment.items()):
+        raise ValueError(f"{path}: environment must map names to strings, got {environment!r}")

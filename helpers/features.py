@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from helpers import backend  # noqa: F401  (imports Keras quietly)
 import keras
 import numpy as np
 import pandas as pd

@@ -6,6 +6,7 @@ models, training, evaluation), so that notebook cells stay one line each.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from helpers import datasets, evaluation, paths, preprocessing, splits
-from helpers.plan import RunSettings
+from helpers.plan import FUSION, RunSettings
 
 
 @dataclass
@@ -277,12 +278,73 @@ def train_model(settings: RunSettings, model: "keras.Model", data: PreparedData,
                                 momentum=0.9 if settings.momentum is None else settings.momentum,
                                 jit_compile=settings.jit_compile,
                                 run_eagerly=settings.run_eagerly)
-    return training.train(trained, x_train, y_train, x_val, data.y["val"],
+    history = training.train(trained, x_train, y_train, x_val, data.y["val"],
                           epochs=settings.epochs, batch_size=settings.batch_size, run_dir=Path(run_dir),
                           seed=settings.seed, class_weight=training.class_weights(y_train),
                           augment=augmenter, fine_tune_epochs=settings.fine_tune_epochs,
                           fine_tune_learning_rate=settings.fine_tune_learning_rate, verbose=verbose,
-                          saved_model=model)
+                          save_model=False)
+    save_network(settings, model, run_dir)
+    return history
+
+
+HEAD_WEIGHTS_FILE = "head.weights.h5"
+
+
+def network_file(settings: RunSettings) -> str:
+    """The file a run keeps its trained network in (when ``settings.save_model``).
+
+    A frozen pretrained base is exactly its weights file, which the settings name: only the
+    head's weights are kept (``head.weights.h5``, a few MB instead of VGG19's 80), and the network
+    is rebuilt from the settings when reused. Anything else is saved whole, without optimiser
+    state (``best.keras``).
+    """
+    from helpers import training
+
+    frozen_pretrained = (settings.freeze == "base" and settings.weights is not None
+                         and settings.backbone != FUSION)
+    return HEAD_WEIGHTS_FILE if frozen_pretrained else training.BEST_MODEL_FILE
+
+
+def save_network(settings: RunSettings, model: "keras.Model", run_dir: Path | str) -> Path | None:
+    """Keep the trained ``model`` in ``run_dir`` as :func:`network_file` says, atomically; only
+    where ``settings.save_model`` (a run a later run reuses, or ``SAVE_MODEL = True``)."""
+    import shutil
+    import tempfile
+
+    from helpers import training
+
+    if not settings.save_model:
+        return None
+    target = Path(run_dir) / network_file(settings)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".save-", dir=target.parent))
+    try:
+        written = work / target.name  # Keras wants the file name's own suffix (.keras, .weights.h5)
+        if target.name == HEAD_WEIGHTS_FILE:
+            training.split_at_backbone(model)[1].save_weights(str(written))
+        else:
+            training.save_without_optimizer(model, written)
+        os.replace(written, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def load_network(settings: RunSettings, data: PreparedData, path: Path | str) -> "keras.Model":
+    """A network :func:`save_network` kept: ``best.keras`` as saved, or the settings' network
+    rebuilt (its frozen base from its weights file) with the head's weights from ``path``."""
+    from helpers import backend  # noqa: F401  (imports Keras quietly)
+    import keras
+
+    from helpers import models, training  # noqa: F401 - models registers ImageNormalisation
+
+    path = Path(path)
+    if path.name != HEAD_WEIGHTS_FILE:
+        return keras.saving.load_model(path, compile=False)
+    model = build_model(settings, data)
+    training.split_at_backbone(model)[1].load_weights(str(path))
+    return model
 
 
 def write_metrics(run_dir: Path | str, record: dict[str, Any], results: dict[str, Any]) -> Path:
@@ -369,9 +431,10 @@ def reusable_network(settings: RunSettings, data: PreparedData,
     if not network_dir:
         return None, "no earlier run was named (NETWORK_DIR)"
     folder = Path(network_dir)
-    model_file, metrics_file = folder / training.BEST_MODEL_FILE, folder / "metrics.json"
+    model_file, metrics_file = folder / network_file(settings), folder / "metrics.json"
     if not model_file.is_file() or not metrics_file.is_file():
-        return None, f"{folder} holds no finished run (no {model_file.name} and metrics.json)"
+        return None, (f"{folder} holds no finished run with a kept network (no {model_file.name} and "
+                      f"metrics.json; a run keeps it with SAVE_MODEL = True)")
     theirs = evaluation.read_metrics_json(metrics_file)["run"]
     ours = run_record(settings, data, run_name="", notebook="",
                       weights_description=models.describe_weights(settings.weights))
@@ -395,13 +458,9 @@ def trained_network(settings: RunSettings, data: PreparedData, run_dir: Path | s
     """The run's trained network and where it comes from: reused from ``network_dir`` when that
     run of lesson 3 had the same settings and data (see :func:`reusable_network`), otherwise built
     and trained here exactly as lesson 3 does. Returns (model, source, history or None)."""
-    import keras
-
-    from helpers import models  # noqa: F401 - registers ImageNormalisation for load_model
-
     model_file, reason = reusable_network(settings, data, network_dir)
     if model_file is not None:
-        return keras.saving.load_model(model_file, compile=False), reason, None
+        return load_network(settings, data, model_file), reason, None
     model = build_model(settings, data)
     history = train_model(settings, model, data, run_dir, verbose=verbose)
     return model, f"trained in this run: {reason}", history
@@ -481,18 +540,33 @@ def show_architecture(model: "keras.Model", path: Path | str):
 
 
 def reload_check(model: "keras.Model", folder: Path | str, data: PreparedData) -> str:
-    """Reload the checkpoint ``folder/best.keras`` with ``keras.saving`` and compare its test-split
-    predictions with the model in memory; a mismatch is an error."""
+    """Reload ``folder/best.keras`` with ``keras.saving`` and compare its test-split predictions
+    with the model in memory; a mismatch is an error. Where the run kept no model file
+    (``SAVE_MODEL`` off), the check saves a temporary copy and deletes it afterwards."""
+    import shutil
+    import tempfile
+
+    from helpers import backend  # noqa: F401  (imports Keras quietly)
     import keras
 
     from helpers import models, training  # noqa: F401 - models registers ImageNormalisation
 
     path = Path(folder) / training.BEST_MODEL_FILE
-    reloaded = keras.saving.load_model(path, compile=False)
-    ours = training.predict_proba(model, data.x["test"])
-    theirs = training.predict_proba(reloaded, data.x["test"])
+    kept = path.is_file()
+    work = None if kept else Path(tempfile.mkdtemp(prefix=".reload-", dir=folder))
+    try:
+        if work is not None:
+            path = training.save_without_optimizer(model, work / training.BEST_MODEL_FILE)
+        reloaded = keras.saving.load_model(path, compile=False)
+        ours = training.predict_proba(model, data.x["test"])
+        theirs = training.predict_proba(reloaded, data.x["test"])
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
     difference = float(np.abs(ours - theirs).max())
     if difference > 1e-5:
         raise ValueError(f"{path}: the reloaded model's predictions differ by up to {difference:.2e}")
-    return (f"{path.parent.name}/{path.name} reloads with keras.saving: {reloaded.count_params():,} parameters, "
+    where = (f"{Path(folder).name}/{path.name}" if kept
+             else f"a temporary {path.name} (deleted: the run keeps no model file unless SAVE_MODEL = True)")
+    return (f"{where} reloads with keras.saving: {reloaded.count_params():,} parameters, "
             f"the same test predictions (largest difference {difference:.1e})")

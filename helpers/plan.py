@@ -1,14 +1,28 @@
 """The run plan (``notebooks/study.yaml``): profiles, planned runs, and each run's resolved settings.
 
-A run's settings come from three places, most specific first: the run's own parameters, the
-profile (``smoke``, ``cpu``, ``paper``), then the paper's recipe in :mod:`helpers.studies`.
+Every setting of a run is resolved the same way, in layers; a later layer wins wherever it names a
+value (``None`` names nothing, so the layer below shows through):
+
+1. ``defaults`` of ``study.yaml``;
+2. the paper's recipe (:meth:`helpers.studies.Recipe.settings`);
+3. the profile (``smoke``, ``cpu``, ``paper``);
+4. the run: a lesson's parameters (its ``parameters`` cell, with what papermill injects for a run
+   of the plan on top);
+5. explicit keyword arguments of the call.
+
+After the merge, named steps adapt it (:data:`ADAPTATIONS`): weights, the input size's aspect
+ratio, the backbone (its minimum input size, the fusion's own head, frozen-base feature caching),
+and the settings derived from others where no layer names them (normalisation, split). Where a
+step changes what a layer asked for, it says so in ``scaled_down``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import ast
+import json
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -16,14 +30,15 @@ from helpers import paths
 
 PLAN_FILE = "study.yaml"
 DEFAULT_SUITE = "study"
-PROFILE_KEYS = (
-    "description", "dataset", "dataset_options", "task", "use_roi", "image_size", "epochs",
-    "batch_size", "learning_rate", "freeze", "weights", "n_boot", "timeout_s", "scaled_down",
-    "skip_bad", "augmentation", "offline_expansion", "fine_tune_epochs",
-    "run_eagerly", "jit_compile", "jobs", "cache_features", "baseline_freeze",
-)
+LAYERS = ("defaults", "recipe", "profile", "run", "explicit")
+PROFILE_ONLY_KEYS = ("description", "timeout_s", "scaled_down", "jobs", "baseline_freeze")
+"""Profile keys that are not settings of a run: what the profile is and how the runner runs it."""
 SPLIT_METHODS = ("patient", "by-magnification", "official")
 FUSION = "resnet50+alexnet"  # paper 003's fusion network as a run's "backbone" (helpers.models.FUSION_NAME)
+RANDOM_WEIGHTS = ("none", "None", "null")
+"""Values of ``weights`` (``WEIGHTS`` in a lesson) that mean random initial weights."""
+SETTINGS_CALL = "plan.settings_from_parameters("
+"""How a lesson gets its settings; :func:`settings_for_run` knows a lesson resolves settings by it."""
 
 
 @dataclass(frozen=True)
@@ -50,11 +65,16 @@ class Plan:
     profiles: dict[str, dict[str, Any]]
     runs: tuple[RunSpec, ...]
     source: Path
+    defaults: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Everything a lesson notebook needs to know to run one experiment."""
+    """Everything a lesson notebook needs to know to run one experiment.
+
+    Each field is a setting resolved by :func:`resolve_settings` (its defaults are in
+    ``study.yaml``, not here); ``sources`` says which layer or step gave each value.
+    """
 
     profile: str
     study: str
@@ -73,27 +93,42 @@ class RunSettings:
     loss: str
     head: str
     freeze: str | int
-    weights: str | None
+    weights: str | None  # None: random initial weights
     seed: int
     n_boot: int
     test_size: float
     val_size: float
     scaled_down: tuple[str, ...]
-    skip_bad: bool = False  # leave bad files out (listed in the report) instead of failing
-    augmentation: str = "none"  # a scheme of helpers.augmentation.SCHEMES, on the training split only
-    offline_expansion: int = 1  # paper 000's eightfold offline expansion of the training split
-    fine_tune_epochs: int = 0  # two-phase training: epochs of fine-tuning after the head-only phase
-    fine_tune_learning_rate: float | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    split: str = "patient"  # one of SPLIT_METHODS
-    run_eagerly: bool = False  # no graph tracing: faster for runs of a few steps (smoke)
-    jit_compile: bool | str = False  # XLA: "auto" pays off on a GPU, not on a CPU
-    normalisation: str = "unit"  # the model's first layer: "imagenet" (the backbone's own) or the paper's
-    cache_features: bool = False  # frozen base: compute its features once, train the head on them
+    skip_bad: bool  # leave bad files out (listed in the report) instead of failing
+    augmentation: str  # a scheme of helpers.augmentation.SCHEMES, on the training split only
+    offline_expansion: int  # paper 000's eightfold offline expansion of the training split
+    fine_tune_epochs: int  # two-phase training: epochs of fine-tuning after the head-only phase
+    fine_tune_learning_rate: float | None
+    momentum: float | None
+    weight_decay: float | None
+    split: str  # one of SPLIT_METHODS
+    run_eagerly: bool  # no graph tracing: faster for runs of a few steps (smoke)
+    jit_compile: bool | str  # XLA: "auto" pays off on a GPU, not on a CPU
+    normalisation: str  # the model's first layer: "imagenet" (the backbone's own) or the paper's
+    cache_features: bool  # frozen base: compute its features once, train the head on them
+    save_model: bool  # keep the trained network in the run folder (always so for a run a later run reuses)
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        values.pop("sources")
+        return values
+
+
+IDENTITY = ("profile", "study", "backbone")
+"""Fields that say which run this is: arguments of :func:`resolve_settings`, not merged."""
+DERIVED = ("normalisation", "split")
+"""Settings computed from others when no layer names them (``null`` in ``study.yaml``'s defaults)."""
+SETTABLE = tuple(f.name for f in fields(RunSettings) if f.name not in IDENTITY + ("scaled_down", "sources"))
+"""What a layer may name; a lesson's parameter for a setting is its name in capitals (``EPOCHS``)."""
+RECIPE_ALWAYS = ("dataset", "task", "preset", "augmentation", "head", "loss", "freeze")
+"""Settings every recipe names, so ``study.yaml``'s defaults need not."""
+PROFILE_KEYS = PROFILE_ONLY_KEYS + SETTABLE
 
 
 def load_plan(path: Path | str | None = None) -> Plan:
@@ -105,6 +140,10 @@ def load_plan(path: Path | str | None = None) -> Plan:
         raise ValueError(f"{path}: cannot read the study plan ({error})") from error
     if not isinstance(raw, dict) or "profiles" not in raw or "runs" not in raw:
         raise ValueError(f"{path}: the study plan needs 'profiles' and 'runs'")
+    defaults = raw.get("defaults") or {}
+    unknown = set(defaults) - set(SETTABLE)
+    if unknown:
+        raise ValueError(f"{path}: defaults has unknown settings {sorted(unknown)}; settings: {list(SETTABLE)}")
     profiles = raw["profiles"]
     for name, profile in profiles.items():
         unknown = set(profile) - set(PROFILE_KEYS)
@@ -133,7 +172,7 @@ def load_plan(path: Path | str | None = None) -> Plan:
         if missing:
             raise ValueError(f"{path}: run {run.name!r} is in suites {sorted(missing)} without the run "
                              f"{run.reuses!r} it reuses")
-    return Plan(profiles=profiles, runs=tuple(runs), source=path)
+    return Plan(profiles=profiles, runs=tuple(runs), source=path, defaults=defaults)
 
 
 def _baseline_entry(entry: dict[str, Any], earlier: dict[str, RunSpec], path: Path) -> dict[str, Any]:
@@ -156,162 +195,176 @@ def get_profile(name: str, plan: Plan | None = None) -> dict[str, Any]:
     return plan.profiles[name]
 
 
-def _size(value: Any) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    height, width = value
-    return (int(height), int(width))
+def merge_layers(layers: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The one merge: for each setting, the value of the last layer (in :data:`LAYERS` order) that
+    names it with a value other than ``None``; and which layer that was."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for layer in LAYERS:
+        for key, value in (layers.get(layer) or {}).items():
+            if value is not None:
+                values[key], sources[key] = value, layer
+    return values, sources
 
 
-def resolve_settings(
-    profile: str,
-    *,
-    study: str = "000",
-    backbone: str | None = None,
-    dataset: str | None = None,
-    data_dir: str | None = None,
-    seed: int = 42,
-    plan: Plan | None = None,
-    **overrides: Any,
-) -> RunSettings:
-    """Merge run overrides, the profile and the paper's recipe into one :class:`RunSettings`.
-
-    ``overrides`` may name any field of :class:`RunSettings` (e.g. ``epochs=3``); a value of
-    ``None`` means "not overridden".
+def resolve_settings(profile: str, *, study: str = "000", backbone: str | None = None,
+                     run: Mapping[str, Any] | None = None, plan: Plan | None = None,
+                     **explicit: Any) -> RunSettings:
+    """A run's settings: ``study.yaml``'s defaults < the paper's recipe < the profile < ``run``
+    (a lesson's parameters, by setting name) < ``explicit`` keyword arguments, then the
+    :data:`ADAPTATIONS`. Any setting may be named in ``run`` or ``explicit`` (e.g. ``epochs=3``);
+    ``None`` names nothing.
     """
-    from helpers import preprocessing, studies
+    from helpers import studies
 
+    plan = plan or load_plan()
+    missing = set(SETTABLE) - set(RECIPE_ALWAYS) - set(plan.defaults)
+    if missing:
+        raise ValueError(f"{plan.source}: 'defaults' must name every setting a recipe may leave open "
+                         f"(null where none applies); missing {sorted(missing)}")
     prof = get_profile(profile, plan)
     recipe = studies.get_study(study).recipe
-    unknown = set(overrides) - set(RunSettings.__dataclass_fields__)
-    if unknown:
-        raise TypeError(f"unknown setting(s) {sorted(unknown)}")
-    overrides = {key: value for key, value in overrides.items() if value is not None}
-
-    def pick(key: str, from_recipe: Any) -> Any:
-        if key in overrides:
-            return overrides[key]
-        value = prof.get(key)
-        return from_recipe if value is None else value
-
-    chosen_dataset = dataset or prof.get("dataset") or recipe.datasets[0]
-    options = dict(prof.get("dataset_options") or {}) if not dataset else {}
-    preset = f"paper{study}" if f"paper{study}" in preprocessing.PRESETS else "minimal"
-    optimiser = recipe.optimisers[0] if recipe.optimisers else "adam"
-    weights = _weights(overrides.get("weights", "profile"), prof.get("weights"))
-    freeze = pick("freeze", recipe.freeze)
-    scaled_down = tuple(prof.get("scaled_down") or ())
-    chosen_preset = overrides.get("preset", preset)
-    normalisation = overrides.get("normalisation") or (
-        "imagenet" if weights is not None else preprocessing.get_preset(chosen_preset).normalisation)
-    augmentation = _augmentation(pick("augmentation", "paper"), study)
-    cache_features = bool(pick("cache_features", False)) and freeze == "base" and backbone != FUSION
-    if cache_features:
-        scaled_down += ("frozen base: its features computed once and the head trained on them, so without "
-                        f"the paper's augmentation ({augmentation})",)
-        augmentation = "none"
-    return RunSettings(
-        profile=profile,
-        study=study,
-        backbone=backbone,
-        dataset=chosen_dataset,
-        data_dir=data_dir,
-        dataset_options=options,
-        task=pick("task", recipe.task),
-        use_roi=bool(pick("use_roi", False)),
-        preset=chosen_preset,
-        image_size=_image_size(_keep_aspect(pick("image_size", recipe.input_size or 224), recipe.input_size,
-                                            explicit="image_size" in overrides), backbone,
-                               explicit="image_size" in overrides),
-        epochs=int(pick("epochs", recipe.epochs or 10)),
-        batch_size=int(pick("batch_size", recipe.batch_size or 32)),
-        learning_rate=float(pick("learning_rate", recipe.learning_rate or 1e-3)),
-        optimiser=overrides.get("optimiser", optimiser),
-        loss=overrides.get("loss", recipe.loss),
-        head=overrides.get("head", "fusion" if backbone == FUSION else recipe.head),
-        freeze=freeze,
-        weights=weights,
-        seed=seed,
-        n_boot=int(pick("n_boot", 1000)),
-        test_size=float(overrides.get("test_size", 0.25)),
-        val_size=float(overrides.get("val_size", 0.2)),
-        scaled_down=scaled_down,
-        skip_bad=bool(pick("skip_bad", False)),
-        augmentation=augmentation,
-        offline_expansion=int(pick("offline_expansion", recipe.offline_expansion)) if recipe.offline_expansion else 1,
-        fine_tune_epochs=int(pick("fine_tune_epochs", 0)),
-        fine_tune_learning_rate=overrides.get("fine_tune_learning_rate"),
-        momentum=overrides.get("momentum", recipe.momentum),
-        weight_decay=overrides.get("weight_decay", recipe.weight_decay),
-        split=_split_method(overrides.get("split"), study, chosen_dataset),
-        run_eagerly=bool(pick("run_eagerly", False)),
-        jit_compile=pick("jit_compile", False),
-        normalisation=normalisation,
-        cache_features=cache_features,
-    )
+    run = dict(run or {})
+    for where, given in (("run", run), ("explicit", explicit)):
+        unknown = set(given) - set(SETTABLE)
+        if unknown:
+            raise TypeError(f"unknown setting(s) {sorted(unknown)} ({where}); settings: {', '.join(SETTABLE)}")
+    layers = {"defaults": plan.defaults, "recipe": recipe.settings(),
+              "profile": {key: prof[key] for key in SETTABLE if key in prof and key != "dataset_options"},
+              "run": run, "explicit": explicit}
+    values, sources = merge_layers(layers)
+    if (prof.get("dataset_options") and values.get("dataset") == prof.get("dataset")
+            and not _asked(sources, "dataset_options")):  # the profile's options are for its own dataset
+        values["dataset_options"], sources["dataset_options"] = dict(prof["dataset_options"]), "profile"
+    values.update(profile=profile, study=study, backbone=backbone)
+    values["scaled_down"] = tuple(prof.get("scaled_down") or ())
+    for adapt in ADAPTATIONS:
+        adapt(values, sources, recipe)
+    for item in fields(RunSettings):
+        if item.type in ("int", "float", "bool") and values.get(item.name) is not None:
+            values[item.name] = {"int": int, "float": float, "bool": bool}[item.type](values[item.name])
+    return RunSettings(**{name: values.get(name) for name in SETTABLE + IDENTITY + ("scaled_down",)},
+                       sources=sources)
 
 
-def _keep_aspect(value: Any, recipe_size: tuple[int, int] | None, *, explicit: bool) -> Any:
-    """A profile's single size for a paper with a non-square input (paper 004: 96x144) becomes
-    the short side, keeping the paper's aspect ratio (32 -> 32x48)."""
-    if explicit or not isinstance(value, int) or recipe_size is None or recipe_size[0] == recipe_size[1]:
-        return value
-    height, width = recipe_size
-    scale = value / min(height, width)
-    return (round(height * scale), round(width * scale))
+def settings_from_parameters(parameters: Mapping[str, Any], *, plan: Plan | None = None,
+                             **explicit: Any) -> RunSettings:
+    """A lesson's settings from its parameters: ``PROFILE``, ``STUDY`` and ``BACKBONE`` say which
+    run it is, and each parameter named like a setting in capitals (``EPOCHS``, ``WEIGHTS``, ...)
+    is the run layer. A lesson calls ``plan.settings_from_parameters(globals())``, and
+    ``--dry-run`` (:func:`settings_for_run`) makes the same call with the same parameters."""
+    run = {name.lower(): value for name, value in parameters.items()
+           if name.isupper() and name.lower() in SETTABLE}
+    return resolve_settings(parameters["PROFILE"], study=str(parameters.get("STUDY") or "000"),
+                            backbone=parameters.get("BACKBONE"), run=run, plan=plan, **explicit)
 
 
-def _image_size(value: Any, backbone: str | None, *, explicit: bool) -> tuple[int, int]:
-    """The input size; a profile's size below the backbone's minimum is raised to that minimum
-    (AlexNet needs 63 px, InceptionV3 75 px), an explicitly requested one is an error."""
-    size = _size(value)
+def notebook_parameters(notebook: Path | str) -> dict[str, Any] | None:
+    """The literal values of a lesson's ``parameters`` cell (what it runs with unless papermill
+    injects others), or None for a notebook that does not resolve settings."""
+    path = Path(notebook)
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    code = ["".join(cell["source"]) for cell in cells if cell["cell_type"] == "code"]
+    if not any(SETTINGS_CALL in source for source in code):
+        return None
+    cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if cell is None:
+        raise ValueError(f"{path}: no cell tagged 'parameters'")
+    values = {}
+    for node in ast.parse("".join(cell["source"])).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                values[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError as error:
+                raise ValueError(f"{path}: parameter {node.targets[0].id} is not a literal ({error})") from error
+    return values
+
+
+def settings_for_run(run: "PlannedRun", plan: Plan | None = None) -> RunSettings | None:
+    """The settings a planned run's lesson will resolve (None for a lesson without settings, such
+    as the results notebook): its parameters cell with the run's parameters on top."""
+    defaults = notebook_parameters(run.notebook)
+    if defaults is None:
+        return None
+    return settings_from_parameters({**defaults, **run.parameters}, plan=plan)
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps after the merge
+# ---------------------------------------------------------------------------------------------
+
+def _asked(sources: Mapping[str, str], key: str) -> bool:
+    """Did the run or the caller ask for ``key`` (rather than a default, recipe or profile)?"""
+    return sources.get(key) in ("run", "explicit")
+
+
+def adapt_weights(values: dict[str, Any], sources: dict[str, str], recipe: Any) -> None:
+    """``"none"`` (or no value) means random initial weights: ``weights`` None."""
+    weights = values.get("weights")
+    values["weights"] = None if weights is None or weights in RANDOM_WEIGHTS else str(weights)
+
+
+def adapt_recipe(values: dict[str, Any], sources: dict[str, str], recipe: Any) -> None:
+    """A profile's single input size keeps a non-square paper's aspect ratio (paper 004's 96x144:
+    32 -> 32x48); a profile's offline expansion scales the paper's and so applies only to papers
+    that expand their data offline (paper 000)."""
+    size, recipe_size = values["image_size"], recipe.input_size
+    if (not _asked(sources, "image_size") and isinstance(size, int) and recipe_size is not None
+            and recipe_size[0] != recipe_size[1]):
+        scale = size / min(recipe_size)
+        size = (round(recipe_size[0] * scale), round(recipe_size[1] * scale))
+    values["image_size"] = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if not recipe.offline_expansion and not _asked(sources, "offline_expansion"):
+        values["offline_expansion"], sources["offline_expansion"] = 1, "recipe"
+
+
+def adapt_to_backbone(values: dict[str, Any], sources: dict[str, str], recipe: Any) -> None:
+    """What the backbone needs: its minimum input size (a size asked for below it is an error, a
+    profile's is raised and listed in ``scaled_down``), the fusion's own head, and feature caching
+    only for a frozen base outside the fusion (without the paper's augmentation, listed)."""
+    backbone = values["backbone"]
     if backbone is None:
-        return size
+        values["cache_features"] = False
+        return
     from helpers import models
 
     minimum = (models.fusion_min_input_size() if backbone == FUSION
                else models.get_backbone(backbone).min_input_size)
-    if min(size) >= minimum:
-        return size
-    if explicit:
-        raise ValueError(f"image_size {size} is below {backbone}'s minimum input of {minimum} px")
-    return (max(size[0], minimum), max(size[1], minimum))
+    size = values["image_size"]
+    if min(size) < minimum:
+        if _asked(sources, "image_size"):
+            raise ValueError(f"image_size {size} is below {backbone}'s minimum input of {minimum} px")
+        values["image_size"] = (max(size[0], minimum), max(size[1], minimum))
+        sources["image_size"] = "backbone"
+        values["scaled_down"] += (f"{backbone}: input {values['image_size'][0]} px, its minimum, "
+                                  f"instead of the profile's {size[0]} px",)
+    if backbone == FUSION and not _asked(sources, "head"):
+        values["head"], sources["head"] = "fusion", "backbone"
+    values["cache_features"] = bool(values["cache_features"]) and values["freeze"] == "base" and backbone != FUSION
+    if values["cache_features"]:
+        values["scaled_down"] += ("frozen base: its features computed once and the head trained on them, so "
+                                  f"without the paper's augmentation ({values['augmentation']})",)
+        values["augmentation"], sources["augmentation"] = "none", "backbone"
 
 
-PARAMETER_SETTINGS = {
-    "STUDY": "study", "BACKBONE": "backbone", "DATASET": "dataset", "DATA_DIR": "data_dir",
-    "TASK": "task", "USE_ROI": "use_roi", "WEIGHTS": "weights", "FREEZE": "freeze",
-    "OPTIMISER": "optimiser", "EPOCHS": "epochs", "IMAGE_SIZE": "image_size", "SKIP_BAD": "skip_bad",
-    "SEED": "seed", "NORMALISATION": "normalisation",
-}
-"""Notebook parameter -> :func:`resolve_settings` argument (the lesson notebooks' convention)."""
+def adapt_derived(values: dict[str, Any], sources: dict[str, str], recipe: Any) -> None:
+    """Normalisation: the backbone's ImageNet convention with pretrained weights, else the
+    preset's (the paper's). Split: by patient, except where the dataset or paper fixes it."""
+    from helpers import preprocessing
+
+    if values.get("normalisation") is None:
+        values["normalisation"] = ("imagenet" if values["weights"] is not None
+                                   else preprocessing.get_preset(values["preset"]).normalisation)
+        sources["normalisation"] = "derived"
+    if values.get("split") is None:
+        sources["split"] = "derived"
+    values["split"] = _split_method(values.get("split"), values["study"], values["dataset"])
 
 
-FIXED_MODELS = {"05_fusion_resnet50_alexnet.ipynb": FUSION}
-"""Lesson notebooks whose model is fixed rather than a BACKBONE parameter."""
-
-
-def settings_for_run(run: "PlannedRun", plan: Plan | None = None) -> RunSettings | None:
-    """The settings a planned training run will resolve to (None for runs that train nothing)."""
-    backbone = run.parameters.get("BACKBONE", FIXED_MODELS.get(Path(run.notebook).name))
-    if backbone is None:
-        return None
-    arguments = {PARAMETER_SETTINGS[key]: value for key, value in run.parameters.items()
-                 if key in PARAMETER_SETTINGS}
-    arguments["backbone"] = backbone
-    if arguments.get("skip_bad") is False:
-        arguments["skip_bad"] = None
-    return resolve_settings(run.parameters["PROFILE"], plan=plan, **arguments)
-
-
-def _augmentation(requested: str, study: str) -> str:
-    """``"paper"``: the study's own scheme (``none`` where it used no augmentation)."""
-    from helpers import augmentation
-
-    if requested == "paper":
-        return f"paper{study}" if f"paper{study}" in augmentation.SCHEMES else "none"
-    augmentation.get_scheme(requested)  # KeyError naming the known schemes
-    return requested
+ADAPTATIONS: tuple[Callable[[dict[str, Any], dict[str, str], Any], None], ...] = (
+    adapt_weights, adapt_recipe, adapt_to_backbone, adapt_derived,
+)
+"""The named steps after the merge, in order."""
 
 
 def _split_method(requested: str | None, study: str, dataset: str) -> str:
@@ -332,21 +385,14 @@ def _split_method(requested: str | None, study: str, dataset: str) -> str:
     return requested
 
 
-def _weights(requested: Any, from_profile: Any) -> str | None:
-    """``"profile"`` keeps the profile's choice; ``"none"`` means random initial weights."""
-    if requested == "profile":
-        return from_profile
-    if requested in (None, "none", "None", "null"):
-        return None
-    return str(requested)
-
-
 def settings_table(settings: RunSettings) -> "pd.DataFrame":
-    """The resolved settings as a two-column table for lessons and reports."""
+    """The resolved settings, each with the layer or step it came from, for lessons and reports."""
     import pandas as pd
 
     items = settings.as_dict()
-    return pd.DataFrame({"setting": list(items), "value": [str(v) for v in items.values()]}).set_index("setting")
+    origin = {**{key: "run" for key in IDENTITY}, "scaled_down": "profile", **settings.sources}
+    return pd.DataFrame({"setting": list(items), "value": [str(v) for v in items.values()],
+                         "from": [origin.get(key, "") for key in items]}).set_index("setting")
 
 
 @dataclass(frozen=True)
@@ -410,11 +456,12 @@ def planned_runs(
         if missing:
             raise KeyError(f"unknown run(s) {missing} in suite {suite!r}; it has {known}")
     by_name = {run.name: run for run in plan.runs}
+    reused = {run.reuses for run in in_suite if run.reuses}  # whatever --only selects: same parameters, same fingerprint
     result = []
     for run in in_suite:
         if only and run.name not in only:
             continue
-        if run.baseline_of and not _starts_from_weights(by_name[run.baseline_of], prof):
+        if run.baseline_of and not _starts_from_weights(by_name[run.baseline_of], prof, plan):
             continue  # its original already starts from random weights under this profile
         parameters: dict[str, Any] = {
             "PROFILE": profile,
@@ -431,6 +478,8 @@ def planned_runs(
             parameters["SKIP_BAD"] = True
         if run.reuses:
             parameters["NETWORK_DIR"] = str(root / run.reuses)
+        if run.name in reused:
+            parameters["SAVE_MODEL"] = True  # a later run reads this run's network
         parameters.update(run.parameters)
         if run.baseline_of:
             parameters.setdefault("FREEZE", prof.get("baseline_freeze") or "none")
@@ -449,6 +498,9 @@ def planned_runs(
     return result
 
 
-def _starts_from_weights(run: RunSpec, profile: dict[str, Any]) -> bool:
-    """Does ``run`` start from pretrained weights under ``profile`` (its own WEIGHTS, else the profile's)?"""
-    return _weights(run.parameters.get("WEIGHTS", "profile"), profile.get("weights")) is not None
+def _starts_from_weights(run: RunSpec, profile: dict[str, Any], plan: Plan) -> bool:
+    """Does ``run`` start from pretrained weights under ``profile`` (recipes never name weights)?"""
+    values, sources = merge_layers({"defaults": plan.defaults, "profile": profile,
+                                    "run": {"weights": run.parameters.get("WEIGHTS")}})
+    adapt_weights(values, sources, None)
+    return values["weights"] is not None

@@ -318,13 +318,51 @@ def _parse_ci(text: Any) -> tuple[float, float] | None:
 
 
 def transfer_title(entries: list[dict[str, Any]], profile: str) -> str:
-    """Which data, profile and backend the transfer figure comes from."""
-    import keras
-
+    """Which data, profile and backend the transfer figure comes from (the backend the runs
+    recorded; for runs that predate the record, this process' backend)."""
     ours = results_table(entries)
     datasets = ", ".join(sorted(set(ours["dataset"]))) if not ours.empty else "no runs"
+    backends = sorted({(entry["metrics"].get("environment") or {}).get("backend") for entry in entries
+                       if entry["metrics"]} - {None})
+    if not backends:
+        from helpers import backend  # noqa: F401  (imports Keras quietly)
+        import keras
+
+        backends = [keras.config.backend()]
     return (f"{TRANSFER_HEADING} Test AUC from ImageNet weights vs. from random weights\n"
-            f"{datasets} data, {profile} profile, Keras backend {keras.config.backend()}")
+            f"{datasets} data, {profile} profile, Keras backend {', '.join(backends)}")
+
+
+NOT_RECORDED = "not recorded"
+"""The environment of a run whose metrics.json predates it (schema 1)."""
+
+_ENVIRONMENT_LIBRARIES = (("python", "Python"), ("numpy", "NumPy"), ("scikit-learn", "scikit-learn"),
+                          ("opencv", "OpenCV"))
+
+
+def describe_environment(environment: dict[str, str] | None) -> str:
+    """One line for a run's ``environment`` (see ``helpers.backend.environment``): Keras, its
+    backend and the library versions, then the device; ``not recorded`` when there is none."""
+    if not environment:
+        return NOT_RECORDED
+    rest = dict(environment)
+    backend, keras_version = rest.pop("backend", "?"), rest.pop("keras", "?")
+    backend_version = rest.pop(backend, None)
+    device = rest.pop("device", NOT_RECORDED)
+    parts = [f"Keras {keras_version} on {backend}" + (f" {backend_version}" if backend_version else "")]
+    parts += [f"{label} {rest.pop(key)}" for key, label in _ENVIRONMENT_LIBRARIES if key in rest]
+    parts += [f"{key} {value}" for key, value in sorted(rest.items())]
+    return ", ".join(parts) + f"; device {device}"
+
+
+def environment_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
+    """The distinct environments the runs with metrics were computed in, and which runs each."""
+    runs: dict[str, list[str]] = {}
+    for entry in entries:
+        if entry["metrics"]:
+            runs.setdefault(describe_environment(entry["metrics"].get("environment")), []).append(entry["name"])
+    return pd.DataFrame([{"environment": text, "runs": ", ".join(names)} for text, names in runs.items()],
+                        columns=["environment", "runs"])
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
@@ -401,6 +439,11 @@ def build_report(folder: Path | str, *, profile: str) -> Path:
         "Numbers under *ours* were produced by this project on the data, weights and profile named in "
         "each row; numbers under *paper* are quoted from the publications, measured on their data.",
     ]
+    environments = environment_table(entries)
+    if len(environments) == 1:
+        intro.append(f"Environment (every run): {environments['environment'].iloc[0]}.")
+    elif len(environments) > 1:
+        intro.append(f"Environment: the runs differ ({len(environments)} environments, listed below).")
     transfer_note = (
         "Each backbone with the same paper's recipe, data and test split, once from ImageNet weights "
         "and once from random weights (the random-weights run is the plan's baseline_of the other). "
@@ -426,6 +469,8 @@ def build_report(folder: Path | str, *, profile: str) -> Path:
     figures += [(e["name"], [f"{e['name']}/{f}" for f in FIGURES if (e["dir"] / f).exists()]) for e in entries]
     figures = [(name, files) for name, files in figures if files]
     md = [f"# Study report: profile `{profile}`\n\n", *(line + "\n\n" for line in intro)]
+    if len(environments) > 1:
+        md.append(_markdown_table(environments) + "\n")
     notes = {TRANSFER_HEADING: transfer_note}
     md += [f"## {heading}\n\n" + (f"{notes[heading]}\n\n" if heading in notes else "")
            + f"{_markdown_table(table)}\n" for heading, table in sections]
@@ -438,6 +483,8 @@ def build_report(folder: Path | str, *, profile: str) -> Path:
             f"<style>{style}</style></head><body>",
             f"<h1>Study report: profile <code>{html.escape(profile)}</code></h1>",
             *(f"<p>{html.escape(line).replace('**', '')}</p>" for line in intro)]
+    if len(environments) > 1:
+        page.append(_html_table(environments))
     page += [f"<h2>{html.escape(heading)}</h2>" + (f"<p>{html.escape(notes[heading])}</p>" if heading in notes else "")
              + ("<img src='transfer.png' alt='transfer.png' style='max-width:100%'>"
                 if heading == TRANSFER_HEADING and (folder / "transfer.png").exists() else "")

@@ -27,7 +27,8 @@ from typing import Callable, TextIO
 import yaml
 
 from helpers import paths
-from helpers.plan import DEFAULT_SUITE, PlannedRun, get_profile, load_plan, output_name, planned_runs
+from helpers.plan import (DEFAULT_SUITE, PLAN_FILE, PlannedRun, get_profile, load_plan, output_name,
+                          planned_runs)
 
 RUN_FILE = "run.json"
 LOG_FILE = "log.txt"
@@ -44,12 +45,20 @@ class RunOutcome:
     run_dir: Path | None = None
 
 
-def code_fingerprint() -> str:
-    """Hash of the helpers package source: a change in the code invalidates earlier runs."""
+def code_fingerprint(root: Path | None = None) -> str:
+    """Hash of the source every run uses: each ``*.py`` file of the helpers package, subpackages
+    included (by its path relative to ``root``), and the plan ``notebooks/study.yaml``; a change
+    in either invalidates earlier runs. (Each run's notebook is hashed in :func:`run_fingerprint`.)
+    ``root`` is the repository (default: this checkout)."""
+    root = Path(root) if root is not None else paths.REPO_ROOT
+    sources = sorted(path for path in (root / "helpers").rglob("*.py")
+                     if "__pycache__" not in path.relative_to(root).parts)
     digest = hashlib.sha256()
-    for path in sorted(Path(paths.REPO_ROOT / "helpers").glob("*.py")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
+    for path in [*sources, root / "notebooks" / PLAN_FILE]:
+        relative = path.relative_to(root).as_posix()
+        data = path.read_bytes() if path.exists() else b""
+        digest.update(f"{relative}\0{len(data)}\0".encode())
+        digest.update(data)
     return digest.hexdigest()
 
 
@@ -147,8 +156,8 @@ def missing_weights(run: PlannedRun) -> str | None:
     from helpers.plan import settings_for_run
 
     settings = settings_for_run(run)
-    if settings is None or settings.weights != "imagenet":
-        return None
+    if settings is None or settings.backbone is None or settings.weights != "imagenet":
+        return None  # a lesson that builds no network (data, augmentation) needs no weights
     from helpers import models
 
     for name in settings.backbone.split("+"):

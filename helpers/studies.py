@@ -31,6 +31,8 @@ BACKBONE_NAMES: tuple[str, ...] = (
 )
 REPORTED_ONLY_BACKBONES: tuple[str, ...] = ("resnet50+alexnet", "convnet")
 HEAD_NAMES: tuple[str, ...] = ("paper000", "paper001", "paper002", "paper003", "paper004")
+PRESET_NAMES: tuple[str, ...] = ("minimal", "paper000", "paper001", "paper002", "paper003", "paper004")
+SCHEME_NAMES: tuple[str, ...] = ("none", "paper000", "paper001", "paper002", "paper003")
 OPTIMISER_NAMES: tuple[str, ...] = ("adam", "sgdm", "rmsprop")
 LOSS_NAMES: tuple[str, ...] = ("categorical_crossentropy", "binary_crossentropy", "mse")
 TASK_NAMES: tuple[str, ...] = ("benign-vs-malignant", "normal-vs-abnormal", "normal-benign-malignant")
@@ -63,7 +65,9 @@ class Recipe:
     image_type: str
     preprocessing: tuple[str, ...]
     preprocessing_params: Mapping[str, Any] = field(hash=False)
+    preset: str  # our preset of the paper's preprocessing (helpers.preprocessing.PRESETS)
     augmentation: Mapping[str, Any] = field(hash=False)
+    augmentation_scheme: str  # our scheme of the paper's augmentation (helpers.augmentation.SCHEMES)
     offline_expansion: int | None
     backbones: tuple[str, ...]
     head: str
@@ -91,6 +95,9 @@ class Recipe:
         for name in self.optimisers:
             _require(name in OPTIMISER_NAMES, f"Recipe: unknown optimiser {name!r}; known: {OPTIMISER_NAMES}")
         _require(self.head in HEAD_NAMES, f"Recipe: unknown head {self.head!r}; known: {HEAD_NAMES}")
+        _require(self.preset in PRESET_NAMES, f"Recipe: unknown preset {self.preset!r}; known: {PRESET_NAMES}")
+        _require(self.augmentation_scheme in SCHEME_NAMES,
+                 f"Recipe: unknown augmentation scheme {self.augmentation_scheme!r}; known: {SCHEME_NAMES}")
         _require(self.loss in LOSS_NAMES, f"Recipe: unknown loss {self.loss!r}; known: {LOSS_NAMES}")
         _require(self.task in TASK_NAMES, f"Recipe: unknown task {self.task!r}; known: {TASK_NAMES}")
         _require(self.image_type in IMAGE_TYPES,
@@ -101,6 +108,19 @@ class Recipe:
         if self.input_size is not None:
             _require(len(self.input_size) == 2 and all(v > 0 for v in self.input_size),
                      f"Recipe: input_size must be (height, width) > 0, got {self.input_size!r}")
+
+
+    def settings(self) -> dict[str, Any]:
+        """This recipe as a layer of run settings (:func:`helpers.plan.resolve_settings`); what the
+        paper does not state is None, so that the layer below (``study.yaml``'s defaults) shows."""
+        return {
+            "dataset": self.datasets[0], "task": self.task, "preset": self.preset,
+            "augmentation": self.augmentation_scheme, "head": self.head, "loss": self.loss,
+            "optimiser": self.optimisers[0] if self.optimisers else None,
+            "learning_rate": self.learning_rate, "momentum": self.momentum, "weight_decay": self.weight_decay,
+            "batch_size": self.batch_size, "epochs": self.epochs, "image_size": self.input_size,
+            "freeze": self.freeze, "offline_expansion": self.offline_expansion,
+        }
 
 
 @dataclass(frozen=True)
@@ -215,6 +235,8 @@ _MAHMOOD_2021 = Study(
         },
         offline_expansion=8,
         backbones=("vgg16", "vgg19", "googlenet", "mobilenetv2", "resnet50", "densenet121"),
+        preset="paper000",
+        augmentation_scheme="paper000",
         head="paper000",
         head_description=("Last pooling layer of the final block replaced by global average pooling, "
                           "then batch normalisation, FC1, FC2 and a softmax output layer; dropout 0.5 "
@@ -299,6 +321,8 @@ _BOKADE_2024 = Study(
         augmentation={"rotation_deg": (0, 360), "x_reflection": True, "translate_px": (-30, 30)},
         offline_expansion=None,
         backbones=("alexnet", "squeezenet"),
+        preset="paper001",
+        augmentation_scheme="paper001",
         head="paper001",
         head_description=("AlexNet: new fully connected layer (3 classes), new softmax layer and new "
                           "classification layer. SqueezeNet: new convolutional layer (in place of "
@@ -363,6 +387,8 @@ _KUMAR_2022 = Study(
         augmentation={"brightness_factor": 0.2, "flip": "horizontal_and_vertical", "rotation_factor": 0.2},
         offline_expansion=None,
         backbones=("vgg16", "mobilenetv3large", "resnet50v2"),
+        preset="paper002",
+        augmentation_scheme="paper002",
         head="paper002",
         head_description=("On the pretrained base: VGG16 Dropout 0.4, Dense 384 ReLU, Dropout 0.3, "
                           "Dense 64 ReLU, Dropout 0.2, Dense 1 sigmoid; MobileNetV3 Dropout 0.4, "
@@ -439,6 +465,8 @@ _AKHI = Study(
         },
         offline_expansion=None,
         backbones=("resnet50", "alexnet"),
+        preset="paper003",
+        augmentation_scheme="paper003",
         head="paper003",
         head_description=("Fusion: ResNet50 (initial conv/pool plus identity and convolutional "
                           "blocks) in parallel with the first few AlexNet convolutional layers; "
@@ -520,6 +548,8 @@ _ABU_AL_HAIJA_2020 = Study(
         augmentation={},
         offline_expansion=None,
         backbones=("resnet50",),
+        preset="paper004",
+        augmentation_scheme="none",
         head="paper004",
         head_description=("ResNet-50 features into a fully connected layer of 1024 neurons with 40% "
                           "dropout and ReLU, then one sigmoid output neuron (binary classifier)."),

@@ -19,11 +19,12 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from helpers import backend  # noqa: F401  (imports Keras quietly)
 import keras
 import numpy as np
 import pandas as pd
 
-from helpers.models import HEAD_LOSSES, all_layers, find_backbone, head_name, output_kind, set_freeze
+from helpers.models import all_layers, find_backbone, output_kind, set_freeze
 from helpers.paths import atomic_path
 
 BEST_MODEL_FILE = "best.keras"
@@ -78,21 +79,10 @@ LOSSES: dict[str, Callable[[], keras.losses.Loss]] = {
 _LOSS_ALIASES = {"mean_squared_error": "mse"}
 
 
-def default_loss(model: keras.Model) -> str:
-    """The loss of the model's head in its paper: MSE for paper004, else the matching
-    cross-entropy (binary for a one-unit sigmoid output, sparse categorical for softmax)."""
-    head = head_name(model)
-    if head in HEAD_LOSSES:
-        return HEAD_LOSSES[head]
-    return "binary_crossentropy" if output_kind(model) == "sigmoid" else (
-        "sparse_categorical_crossentropy")
-
-
-def resolve_loss(model: keras.Model, loss: str | None) -> str:
-    """``loss`` checked against ``LOSSES`` (None: ``default_loss``). Cross-entropy asked for a
-    one-unit sigmoid output is binary cross-entropy (the same objective), so it becomes that."""
-    if loss is None:
-        return default_loss(model)
+def resolve_loss(model: keras.Model, loss: str) -> str:
+    """``loss`` (the run's setting: :mod:`helpers.plan`) checked against ``LOSSES``. Cross-entropy
+    asked for a one-unit sigmoid output is binary cross-entropy (the same objective), so it
+    becomes that."""
     loss = _LOSS_ALIASES.get(loss, loss)
     if loss not in LOSSES:
         raise KeyError(f"unknown loss {loss!r}; known: {', '.join(sorted(LOSSES))}")
@@ -102,12 +92,13 @@ def resolve_loss(model: keras.Model, loss: str | None) -> str:
 
 
 def compile_classifier(model: keras.Model, *, optimiser: str = "adam",
-                       learning_rate: float = 1e-3, loss: str | None = None,
+                       learning_rate: float = 1e-3, loss: str = "sparse_categorical_crossentropy",
                        weight_decay: float | None = None, momentum: float = 0.9,
                        jit_compile: bool | str = False, run_eagerly: bool = False) -> keras.Model:
     """Compile ``model`` with a named optimiser, loss and the accuracy metric; return it.
 
-    ``loss=None`` uses the head's own loss (``default_loss``); see ``resolve_loss``.
+    ``loss`` is a name in ``LOSSES``; a run passes its settings' loss (the paper's), and nothing
+    is guessed from the model (see ``resolve_loss``).
     ``jit_compile`` is off by default: on a CPU, XLA-compiling a deep network takes longer than
     a short run saves (pass ``"auto"`` on a GPU). ``run_eagerly=True`` skips graph tracing
     altogether, which is faster for a run of a few steps (the smoke profile).
@@ -361,7 +352,8 @@ def train(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
           augment: Augment | None = None,
           fine_tune_epochs: int = 0, fine_tune_learning_rate: float | None = None,
           fine_tune_freeze: str | int = "none",
-          verbose: int | str = 2, saved_model: keras.Model | None = None) -> pd.DataFrame:
+          verbose: int | str = 2, saved_model: keras.Model | None = None,
+          save_model: bool = True) -> pd.DataFrame:
     """Fit a compiled ``model``; keep the best epoch (lowest ``val_loss``); return the history.
 
     Writes ``run_dir/best.keras`` (the best model, whose weights ``model`` ends with) and
@@ -381,7 +373,8 @@ def train(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
     best checkpoint is the best of both phases. Early stopping applies to each phase.
 
     ``saved_model``: the model written to ``best.keras`` when it is not ``model`` itself, e.g. the
-    whole classifier when ``model`` is its head (:func:`split_at_backbone`).
+    whole classifier when ``model`` is its head (:func:`split_at_backbone`). ``save_model=False``
+    writes no ``best.keras`` (a run that keeps no model file: :func:`helpers.pipeline.save_network`).
     """
     if getattr(model, "optimizer", None) is None or not model.compiled:
         raise ValueError(f"model {model.name} is not compiled: call compile_classifier first")
@@ -438,9 +431,10 @@ def train(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
                                 ignore_index=True)
         with atomic_path(run_dir / HISTORY_FILE) as tmp:
             history.to_csv(tmp, index=False)
-        save_without_optimizer(saved_model if saved_model is not None else model, best_path)
-        with atomic_path(run_dir / BEST_MODEL_FILE) as tmp:
-            shutil.move(best_path, tmp)
+        if save_model:
+            save_without_optimizer(saved_model if saved_model is not None else model, best_path)
+            with atomic_path(run_dir / BEST_MODEL_FILE) as tmp:
+                shutil.move(best_path, tmp)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     return history

@@ -312,7 +312,7 @@ def test_metrics_json_round_trip_and_plain_types(tmp_path):
     record = make_record()
     path = ev.write_metrics_json(tmp_path / "run" / "metrics.json", record)
     text = path.read_text(encoding="utf-8")
-    assert text.endswith("}\n") and '"schema_version": 1' in text
+    assert text.endswith("}\n") and f'"schema_version": {ev.METRICS_SCHEMA_VERSION}' in text
     assert json.loads(text) == json.loads(json.dumps(json.loads(text), sort_keys=True))
     assert list(json.loads(text)) == sorted(json.loads(text))
     loaded = ev.read_metrics_json(path)
@@ -381,6 +381,8 @@ def test_read_of_bad_file_names_the_file(tmp_path):
         "unversioned.json": json.dumps({k: v for k, v in good.items() if k != "schema_version"}),
         "newer.json": json.dumps({**good, "schema_version": ev.METRICS_SCHEMA_VERSION + 1}),
         "incomplete.json": json.dumps({k: v for k, v in good.items() if k != "image_level"}),
+        "no_environment.json": json.dumps({k: v for k, v in good.items() if k != "environment"}),
+        "bad_environment.json": json.dumps({**good, "environment": {"numpy": 2}}),
     }
     for name, text in cases.items():
         path = tmp_path / name
@@ -389,6 +391,62 @@ def test_read_of_bad_file_names_the_file(tmp_path):
             ev.read_metrics_json(path)
     with pytest.raises(ValueError, match="newer"):
         ev.read_metrics_json(tmp_path / "newer.json")
+
+
+def test_metrics_json_records_the_environment(tmp_path):
+    import platform
+
+    import keras
+
+    loaded = ev.read_metrics_json(ev.write_metrics_json(tmp_path / "metrics.json", make_record()))
+    assert ev.METRICS_SCHEMA_VERSION == 2 and loaded["schema_version"] == 2
+    environment = loaded["environment"]
+    backend = keras.config.backend()
+    assert set(environment) == {"backend", "python", "keras", backend, "numpy", "scikit-learn", "opencv", "device"}
+    assert all(isinstance(value, str) and value for value in environment.values())
+    assert environment["backend"] == backend and environment["keras"] == keras.__version__
+    assert environment["python"] == platform.python_version() and environment["numpy"] == np.__version__
+    assert environment["device"].startswith(("GPU: ", "CPU: "))
+    own = {**make_record(), "environment": {"backend": "jax", "device": "CPU: x"}}
+    assert ev.read_metrics_json(ev.write_metrics_json(tmp_path / "own.json", own))["environment"] == own["environment"]
+    with pytest.raises(ValueError, match="environment"):
+        ev.write_metrics_json(tmp_path / "bad.json", {**make_record(), "environment": {"numpy": 2}})
+    assert not (tmp_path / "bad.json").exists()
+
+
+def _report_run(folder: Path, name: str, metrics: dict) -> None:
+    (folder / name).mkdir(parents=True)
+    (folder / name / "metrics.json").write_text(json.dumps(metrics))
+    (folder / name / "run.json").write_text(json.dumps({"name": name, "status": "ok", "seconds": 1.0}))
+
+
+def test_schema_1_metrics_still_load_and_the_report_shows_their_environment_as_not_recorded(tmp_path):
+    from helpers import reporting
+
+    record = make_record()
+    record["run"]["weights"] = "imagenet"
+    current = json.loads(ev.write_metrics_json(tmp_path / "current.json", record).read_text())
+    old = {key: value for key, value in current.items() if key != "environment"} | {"schema_version": 1}
+    folder = tmp_path / "reports" / "smoke"
+    _report_run(folder, "old_run", old)
+    loaded = ev.read_metrics_json(folder / "old_run" / "metrics.json")
+    assert loaded["schema_version"] == 1 and "environment" not in loaded
+    index = reporting.build_report(folder, profile="smoke")
+    assert "Environment (every run): not recorded." in index.read_text()
+    assert "Environment (every run): not recorded." in (folder / "index.md").read_text()
+
+    _report_run(folder, "new_run", current)
+    index = reporting.build_report(folder, profile="smoke")
+    page, markdown = index.read_text(), (folder / "index.md").read_text()
+    described = reporting.describe_environment(current["environment"])
+    assert described.startswith(f"Keras {current['environment']['keras']} on ") and "; device " in described
+    assert "the runs differ (2 environments" in page and "the runs differ (2 environments" in markdown
+    assert f"| {described} | new_run |" in markdown and "| not recorded | old_run |" in markdown
+    assert page.count(described.split(";")[0].replace("<", "&lt;")) == 1
+
+    (folder / "old_run" / "metrics.json").write_text(json.dumps(current))
+    markdown = (reporting.build_report(folder, profile="smoke").parent / "index.md").read_text()
+    assert f"Environment (every run): {described}." in markdown
 
 
 def test_paired_bootstrap_of_two_models_on_the_same_test_cases():

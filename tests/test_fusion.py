@@ -17,6 +17,7 @@ from helpers.models import (
     describe_weights,
     fusion_min_input_size,
     pathway,
+    registry,
 )
 
 SIZE = 64
@@ -234,7 +235,7 @@ def test_imagenet_weights_load_into_both_pathways_from_keras_cache(tmp_path, mon
     def no_download(*args, **kwargs):
         raise AssertionError("the cached file must be used, no download")
 
-    monkeypatch.setattr(models, "_download_imagenet_file", no_download)
+    monkeypatch.setattr(registry, "_download_imagenet_file", no_download)
     monkeypatch.setattr(torchvision_weights, "_download", no_download)
     model = build_fusion(weights="imagenet", input_shape=(SIZE, SIZE, 3), seed=0)
     checked = 0

@@ -15,13 +15,16 @@ from helpers import evaluation, models, pipeline, plan, reporting, training
 @pytest.fixture(scope="module")
 def smoke_data():
     settings = plan.resolve_settings("smoke", study="000", backbone="squeezenet", epochs=1)
+    assert not settings.save_model  # study.yaml's default: a run keeps no model file
     return settings, pipeline.prepare_data(settings, progress=False)
 
 
 @pytest.fixture(scope="module")
 def lesson3_run(smoke_data, tmp_path_factory):
-    """A finished run of lesson 3 as the notebook leaves it: best.keras and metrics.json."""
+    """A finished run of lesson 3 as the notebook leaves it when a later run reuses it (the plan
+    sets SAVE_MODEL there): best.keras and metrics.json."""
     settings, data = smoke_data
+    settings = dataclasses.replace(settings, save_model=True)
     folder = tmp_path_factory.mktemp("tl_000_squeezenet")
     model = pipeline.build_model(settings, data)
     pipeline.train_model(settings, model, data, folder, verbose=0)
@@ -57,7 +60,29 @@ def test_without_a_reusable_network_it_is_trained_here(smoke_data, tmp_path):
     settings, data = smoke_data
     network, source, history = pipeline.trained_network(settings, data, tmp_path, network_dir=None, verbose=0)
     assert source.startswith("trained in this run") and len(history) == settings.epochs
-    assert (tmp_path / "best.keras").exists() and network.name == "squeezenet_paper000"
+    assert network.name == "squeezenet_paper000"
+    assert not (tmp_path / "best.keras").exists() and (tmp_path / "history.csv").exists()  # SAVE_MODEL off
+
+
+def test_a_frozen_pretrained_base_keeps_only_its_heads_weights(smoke_data, tmp_path):
+    settings, data = smoke_data
+    base_file = tmp_path / "base.weights.h5"  # stands in for an ImageNet file: what the settings name
+    models.find_backbone(pipeline.build_model(settings, data)).save_weights(str(base_file))
+    frozen = dataclasses.replace(settings, weights=str(base_file), freeze="base", save_model=True)
+    assert pipeline.network_file(frozen) == pipeline.HEAD_WEIGHTS_FILE
+    assert pipeline.network_file(dataclasses.replace(frozen, freeze="none")) == "best.keras"
+    folder = tmp_path / "run"
+    model = pipeline.build_model(frozen, data)
+    pipeline.train_model(frozen, model, data, folder, verbose=0)
+    assert sorted(p.name for p in folder.iterdir()) == ["head.weights.h5", "history.csv"]
+    whole = training.save_without_optimizer(model, tmp_path / "whole.keras").stat().st_size
+    base = base_file.stat().st_size
+    assert (folder / "head.weights.h5").stat().st_size < whole - 0.9 * base  # the base is not in it
+    reloaded = pipeline.load_network(frozen, data, folder / "head.weights.h5")
+    np.testing.assert_allclose(training.predict_proba(reloaded, data.x["test"]),
+                               training.predict_proba(model, data.x["test"]), atol=1e-6)
+    assert pipeline.reload_check(model, folder, data).startswith("a temporary best.keras (deleted")
+    assert sorted(p.name for p in folder.iterdir()) == ["head.weights.h5", "history.csv"]
 
 
 def _results(n_classes: int, seed: int):

@@ -9,6 +9,8 @@ ipywidgets it warns "IProgress not found" when imported.
 from __future__ import annotations
 
 import pkgutil
+import subprocess
+import sys
 
 import nbformat
 from nbclient import NotebookClient
@@ -33,3 +35,26 @@ def test_importing_every_helpers_module_in_a_kernel_prints_nothing():
     printed = {cell.source: [output.get("text", output.get("ename")) for output in cell.outputs]
                for cell in notebook.cells if cell.outputs}
     assert printed == {}
+
+
+def test_helpers_without_a_model_do_not_import_keras():
+    """``import helpers`` and the data/plan/runner modules leave Keras (and TensorFlow) unimported,
+    so that ``python -m helpers data list`` starts at once; ``helpers.backend`` imports Keras."""
+    check = ("import helpers, helpers.datasets, helpers.plan, helpers.runner, helpers.downloads, helpers.splits; "
+             "import sys; print('keras' in sys.modules or 'tensorflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+    listed = subprocess.run([sys.executable, "-m", "helpers", "data", "list"], capture_output=True, text=True,
+                            cwd=REPO_ROOT, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert "mias" in listed.stdout and not listed.stderr
+
+
+def test_backend_imports_keras_quietly():
+    """The first Keras import, through ``helpers.backend``, prints nothing (TensorFlow's C++
+    start-up notices go to the silenced stderr)."""
+    done = subprocess.run([sys.executable, "-c", "from helpers import backend; import sys; print('keras' in sys.modules)"],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "True\n" and done.stderr == ""

@@ -20,6 +20,7 @@ from helpers.models import (
     describe_weights,
     imagenet_file_name,
     keras_models_dir,
+    registry,
 )
 
 SHARED_KERAS_CACHE = Path(__file__).resolve().parents[2] / "shared" / "weights" / "keras-cache"
@@ -213,7 +214,7 @@ def test_imagenet_download_failure_is_reported(tmp_path, monkeypatch):
         raise OSError("network is unreachable")
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr(models, "_download_imagenet_file", refuse)
+    monkeypatch.setattr(registry, "_download_imagenet_file", refuse)
     with pytest.raises(WeightsUnavailableError, match="network is unreachable"):
         build_backbone("mobilenetv2", weights="imagenet", input_shape=(96, 96, 3))
 
@@ -344,7 +345,7 @@ def test_squeezenet_imagenet_url_is_the_ports_release(tmp_path, monkeypatch):
         raise OSError("offline")
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr(models, "_download_imagenet_file", record)
+    monkeypatch.setattr(registry, "_download_imagenet_file", record)
     with pytest.raises(WeightsUnavailableError, match="offline"):
         build_backbone("squeezenet", weights="imagenet", input_shape=(64, 64, 3))
     assert requested == [(

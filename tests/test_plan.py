@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import plan, studies
+from helpers import paths, plan, studies
 
 
 def test_plan_has_the_three_profiles_and_unique_runs():
@@ -55,17 +55,17 @@ def test_each_backbone_has_a_random_weights_baseline_with_the_same_recipe():
         assert ours.weights is None and theirs.weights == "imagenet"
         assert ours.freeze == plan.get_profile("cpu")["baseline_freeze"]
         differ = {k for k, v in ours.as_dict().items() if theirs.as_dict()[k] != v}
-        assert differ <= {"weights", "normalisation"}, (run.name, differ)  # the same recipe and data
+        assert differ <= {"weights", "normalisation", "save_model"}, (run.name, differ)  # the same recipe and data
     assert not [run for run in plan.planned_runs("smoke") if run.baseline_of]  # smoke: all random already
     paper = {run.name: run for run in plan.planned_runs("paper")}
     assert plan.settings_for_run(paper["scratch_000_vgg16"]).freeze == "none"  # the paper profile trains all
 
 
-def test_overrides_and_weight_sentinels():
+def test_overrides_and_random_weights():
     settings = plan.resolve_settings("smoke", study="000", epochs=3, image_size=48, weights="imagenet")
     assert settings.epochs == 3 and settings.image_size == (48, 48) and settings.weights == "imagenet"
     assert plan.resolve_settings("paper", study="000", weights="none").weights is None
-    assert plan.resolve_settings("paper", study="000", weights="profile").weights == "imagenet"
+    assert plan.resolve_settings("paper", study="000", weights=None).weights == "imagenet"  # None names nothing
     with pytest.raises(TypeError, match="unknown setting"):
         plan.resolve_settings("smoke", study="000", epochz=3)
 
@@ -101,7 +101,7 @@ def test_dry_run_lists_every_run_with_resolved_settings(profile, capsys):
         assert f"{run.name}: {run.notebook.name}" in out
     resolved = [line for line in out.splitlines() if line.strip().startswith("resolved:")]
     baselines = 10 if profile != "smoke" else 0
-    assert len(resolved) == sum(plan.settings_for_run(run) is not None for run in runs) == 16 + baselines + 6 + 1
+    assert len(resolved) == sum(plan.settings_for_run(run) is not None for run in runs) == 2 + 16 + baselines + 6 + 1
     assert sum("head=fusion" in line and "backbone=resnet50+alexnet" in line for line in resolved) == 1
     for study, backbone, optimiser in [("001", "alexnet", "sgdm"), ("001", "squeezenet", "adam"),
                                        ("004", "resnet50", "rmsprop")]:
@@ -146,7 +146,9 @@ def test_the_hybrids_are_planned_and_svm_runs_reuse_lesson_3s_networks():
         svm = runs[f"svm_000_{backbone}"]
         assert svm.reuses == f"tl_000_{backbone}"
         assert svm.parameters["NETWORK_DIR"] == str(runs[f"tl_000_{backbone}"].run_dir)
-        assert plan.settings_for_run(svm) == plan.settings_for_run(runs[f"tl_000_{backbone}"])
+        ours, theirs = plan.settings_for_run(svm), plan.settings_for_run(runs[f"tl_000_{backbone}"])
+        assert theirs.save_model and not ours.save_model  # the reused network is kept, the SVM run's not
+        assert {**ours.as_dict(), "save_model": True} == theirs.as_dict()
     fusion = plan.settings_for_run(runs["fusion_003_resnet50_alexnet"])
     assert fusion.backbone == plan.FUSION and fusion.head == "fusion" and fusion.task == "normal-benign-malignant"
     assert min(fusion.image_size) >= 63  # AlexNet's minimum input
@@ -164,3 +166,94 @@ def test_a_run_can_only_reuse_an_earlier_run_of_its_suites(tmp_path):
                    "  - {name: b, notebook: x.ipynb, reuses: a, suites: [study, other]}\n")
     with pytest.raises(ValueError, match=r"suites \['other'\] without the run 'a'"):
         plan.load_plan(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# One layered resolution (issue 11)
+# ---------------------------------------------------------------------------------------------
+
+def test_each_layer_wins_over_the_one_below_and_says_so():
+    loaded = plan.load_plan()
+    assert loaded.defaults["epochs"] == 10 and loaded.defaults["seed"] == 42  # visible in study.yaml
+    recipe = studies.get_study("000").recipe
+    assert recipe.epochs == 90 and plan.get_profile("cpu")["epochs"] == 30
+    paper = plan.resolve_settings("paper", study="000", backbone="vgg16")
+    assert (paper.epochs, paper.sources["epochs"]) == (90, "recipe")  # the paper profile names none
+    assert (paper.seed, paper.sources["seed"]) == (42, "defaults")
+    cpu = plan.resolve_settings("cpu", study="000", backbone="vgg16")
+    assert (cpu.epochs, cpu.sources["epochs"]) == (30, "profile")
+    run = plan.resolve_settings("cpu", study="000", backbone="vgg16", run={"epochs": 5})
+    assert (run.epochs, run.sources["epochs"]) == (5, "run")
+    explicit = plan.resolve_settings("cpu", study="000", backbone="vgg16", run={"epochs": 5}, epochs=2)
+    assert (explicit.epochs, explicit.sources["epochs"]) == (2, "explicit")
+    table = plan.settings_table(explicit)
+    assert table.loc["epochs", "from"] == "explicit" and table.loc["seed", "from"] == "defaults"
+    assert table.loc["normalisation", "from"] == "derived"
+
+
+def test_the_merge_is_one_rule_for_every_setting():
+    values, sources = plan.merge_layers({"defaults": {"a": 1, "b": 1, "c": 1}, "recipe": {"b": 2, "c": None},
+                                         "explicit": {"c": 5}, "profile": {"b": None}})
+    assert values == {"a": 1, "b": 2, "c": 5}
+    assert sources == {"a": "defaults", "b": "recipe", "c": "explicit"}
+
+
+def test_a_lesson_and_the_dry_run_resolve_the_same_settings():
+    run = next(r for r in plan.planned_runs("cpu") if r.name == "tl_001_alexnet_sgdm")
+    cell = plan.notebook_parameters(run.notebook)
+    assert cell["WEIGHTS"] is None and cell["PROFILE"] == "smoke"
+    namespace = {**cell, **run.parameters, "np": object(), "other": 1}  # what globals() holds in the kernel
+    assert plan.settings_from_parameters(namespace) == plan.settings_for_run(run)
+    settings = plan.settings_for_run(run)
+    assert (settings.backbone, settings.optimiser, settings.sources["optimiser"]) == ("alexnet", "sgdm", "run")
+    results = next(r for r in plan.planned_runs("cpu") if r.name == "results")
+    assert plan.notebook_parameters(results.notebook) is None and plan.settings_for_run(results) is None
+
+
+def test_lessons_hold_no_sentinels_and_make_one_settings_call():
+    import json
+    import re
+
+    for notebook in sorted(paths.notebooks_dir().glob("0[1-5]_*.ipynb")):
+        cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+        code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+        assert sum(plan.SETTINGS_CALL in source for source in code) == 1, notebook.name
+        assert not any("resolve_settings(" in source or re.search(r"\bor None\b", source) for source in code)
+        values = plan.notebook_parameters(notebook)
+        assert "profile" not in {v for v in values.values() if isinstance(v, str)}, notebook.name
+        if "SKIP_BAD" in values:
+            assert values["SKIP_BAD"] is None, notebook.name
+
+
+def test_the_profiles_dataset_options_stay_with_its_own_dataset():
+    options = plan.get_profile("cpu")["dataset_options"]
+    same = plan.resolve_settings("cpu", study="000", dataset="synthetic")
+    assert same.dataset_options == options and same.sources["dataset_options"] == "profile"
+    other = plan.resolve_settings("cpu", study="000", dataset="cbis-sample")
+    assert other.dataset_options == {}
+    assert plan.output_name("cpu", dataset="synthetic") == "cpu"
+    assert plan.output_name("cpu", dataset="cbis-sample") == "cpu-cbis-sample"
+
+
+def test_backbone_adaptations_come_after_the_merge_and_are_listed():
+    smoke = plan.resolve_settings("smoke", study="001", backbone="alexnet")
+    assert smoke.image_size == (63, 63) and smoke.sources["image_size"] == "backbone"
+    assert any(note.startswith("alexnet: input 63 px, its minimum") for note in smoke.scaled_down)
+    with pytest.raises(ValueError, match="below alexnet's minimum input of 63 px"):
+        plan.resolve_settings("smoke", study="001", backbone="alexnet", image_size=32)
+    fusion = plan.resolve_settings("cpu", study="003", backbone=plan.FUSION)
+    assert fusion.head == "fusion" and not fusion.cache_features  # a frozen fusion is trained whole
+    frozen = plan.resolve_settings("cpu", study="000", backbone="vgg16")
+    assert frozen.cache_features and frozen.augmentation == "none"
+    assert any("features computed once" in note for note in frozen.scaled_down)
+
+
+def test_a_plan_without_complete_defaults_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("defaults: {epochs: 3}\nprofiles: {smoke: {}}\nruns: []\n")
+    loaded = plan.load_plan(path)
+    with pytest.raises(ValueError, match=r"study.yaml: 'defaults' must name every setting.*missing \['batch_size'"):
+        plan.resolve_settings("smoke", plan=loaded)
+    path.write_text("defaults: {epochz: 3}\nprofiles: {smoke: {}}\nruns: []\n")
+    with pytest.raises(ValueError, match="defaults has unknown settings \\['epochz'\\]"):
+        plan.load_plan(path)

@@ -16,6 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless, SecondaryCaptureIma
 
 from helpers import preprocessing as pp
 from helpers.preprocessing import ImageReadError
+from helpers.preprocessing import cache as pp_cache
 
 
 # ------------------------------------------------------------------ synthetic images
@@ -334,7 +335,7 @@ def test_prepare_arrays_caches(tmp_path: Path, monkeypatch) -> None:
     def no_reading(*args, **kwargs):
         raise AssertionError("the cache should not read images")
 
-    monkeypatch.setattr(pp, "read_image", no_reading)
+    monkeypatch.setattr(pp_cache, "read_image", no_reading)  # prepare_arrays looks it up there
     second = pp.prepare_arrays(manifest, "minimal", image_size=24, cache_dir=cache)
     assert second.from_cache and np.array_equal(first.x, second.x)
     assert second.manifest.equals(first.manifest) and second.cache_file == first.cache_file

@@ -88,7 +88,7 @@ def test_a_run_without_its_imagenet_weights_is_not_started_and_is_reported(tmp_p
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("HELPERS_REPORTS_DIR", str(tmp_path / "reports"))
-    monkeypatch.setattr("helpers.models._download_imagenet_file",
+    monkeypatch.setattr("helpers.models.registry._download_imagenet_file",
                         lambda *args: (_ for _ in ()).throw(OSError("network is unreachable")))
     started = []
     monkeypatch.setattr(runner, "execute", lambda run, **kwargs: started.append(run.name))
@@ -100,3 +100,44 @@ def test_a_run_without_its_imagenet_weights_is_not_started_and_is_reported(tmp_p
     assert "not run, its ImageNet weights are unavailable" in capsys.readouterr().out
     scratch = next(run for run in plan.planned_runs("cpu") if run.name == "scratch_000_vgg16")
     assert runner.missing_weights(scratch) is None  # random weights need no file
+
+
+def test_code_fingerprint_covers_subpackages_and_the_plan(tmp_path):
+    """Editing a module of a subpackage (helpers/adapters/mias.py) or the plan reruns the runs."""
+    import shutil
+
+    from conftest import REPO_ROOT
+
+    root = tmp_path / "repo"
+    shutil.copytree(REPO_ROOT / "helpers", root / "helpers", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "notebooks").mkdir()
+    shutil.copy2(REPO_ROOT / "notebooks" / "study.yaml", root / "notebooks" / "study.yaml")
+    first = runner.code_fingerprint(root)
+    assert runner.code_fingerprint(root) == first
+    cache = root / "helpers" / "adapters" / "__pycache__"
+    cache.mkdir(exist_ok=True)
+    (cache / "mias.cpython-311.pyc").write_bytes(b"compiled")
+    assert runner.code_fingerprint(root) == first, "compiled files are not source"
+
+    mias = root / "helpers" / "adapters" / "mias.py"
+    original = mias.read_bytes()
+    mias.write_bytes(original + b"\n# edited\n")
+    edited = runner.code_fingerprint(root)
+    assert edited != first
+    mias.write_bytes(original)
+    assert runner.code_fingerprint(root) == first
+
+    plan = root / "notebooks" / "study.yaml"
+    plan.write_text(plan.read_text() + "\n# edited\n")
+    assert runner.code_fingerprint(root) not in (first, edited)
+
+    (root / "helpers" / "adapters" / "extra.py").write_text("")  # a new, empty module counts too
+    with_plan = runner.code_fingerprint(root)
+    (root / "helpers" / "adapters" / "extra.py").unlink()
+    assert runner.code_fingerprint(root) != with_plan
+
+
+def test_code_fingerprint_of_this_checkout_by_default():
+    from helpers import paths
+
+    assert runner.code_fingerprint() == runner.code_fingerprint(paths.REPO_ROOT)

@@ -76,6 +76,9 @@ def test_smoke_study_runs_every_notebook_and_writes_the_report(smoke_study):
         network = evaluation.read_metrics_json(profile_dir / run / "metrics.json")["run"]["network"]
         assert network.startswith(f"reused from run tl_000_{run.removeprefix('svm_000_')} "), network
         assert not (profile_dir / run / "best.keras").exists()
+    kept = sorted(path.parent.name for path in profile_dir.rglob("*.keras"))
+    assert kept == sorted(f"tl_000_{run.removeprefix('svm_000_')}" for run in SVM_RUNS), \
+        "only a network a later run reuses is kept (SAVE_MODEL)"
     fusion = evaluation.read_metrics_json(profile_dir / FUSION_RUNS[0] / "metrics.json")["run"]
     assert fusion["backbone"] == "resnet50+alexnet" and len(fusion["classes"]) == 3
     markdown = (profile_dir / "index.md").read_text()

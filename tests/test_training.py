@@ -21,7 +21,6 @@ from helpers.training import (
     ShuffledBatches,
     class_weights,
     compile_classifier,
-    default_loss,
     encode_labels,
     predict_proba,
     resolve_loss,
@@ -289,17 +288,17 @@ def test_losses_registry_defaults_and_label_formats():
     sigmoid_mse = tiny_head_model("paper004", 1)
     sigmoid_bce = tiny_head_model("paper002", 1)
     softmax = tiny_head_model("paper003", 3)
-    assert default_loss(sigmoid_mse) == "mse"
-    assert default_loss(sigmoid_bce) == "binary_crossentropy"
-    assert default_loss(softmax) == "sparse_categorical_crossentropy"
+    assert resolve_loss(sigmoid_bce, "categorical_crossentropy") == "binary_crossentropy"
     assert resolve_loss(sigmoid_bce, "sparse_categorical_crossentropy") == "binary_crossentropy"
     assert resolve_loss(softmax, "mean_squared_error") == "mse"
     with pytest.raises(KeyError, match="binary_crossentropy"):
         resolve_loss(softmax, "hinge9")
 
     y = np.array([0, 1, 1, 0])
-    compile_classifier(sigmoid_mse, optimiser="rmsprop")
+    compile_classifier(sigmoid_mse, optimiser="rmsprop", loss="mse")  # the loss is the settings', not the head's
     assert sigmoid_mse.loss == "mse"
+    compile_classifier(sigmoid_bce)
+    assert sigmoid_bce.loss == "binary_crossentropy"
     encoded = encode_labels(y, sigmoid_mse)
     assert encoded.dtype == np.float32 and encoded.shape == (4, 1)
     np.testing.assert_array_equal(encoded[:, 0], y)
@@ -343,7 +342,7 @@ def test_two_phase_training_of_a_sigmoid_head(tmp_path):
     x_val, y_val = bright_dark(8, seed=2)
     model = build_classifier("squeezenet", head="paper004", input_shape=(SIZE, SIZE, 3),
                              freeze="base", seed=0)
-    compile_classifier(model, optimiser="sgdm", learning_rate=1e-2, momentum=0.8)
+    compile_classifier(model, optimiser="sgdm", learning_rate=1e-2, momentum=0.8, loss="mse")
     assert model.loss == "mse"
     history = train(model, x_train, y_train, x_val, y_val, epochs=2, batch_size=8,
                     run_dir=tmp_path, seed=0, verbose=0, fine_tune_epochs=1,

@@ -1,0 +1,147 @@
+"""Keras and its backend: importing this module imports Keras quietly.
+
+TensorFlow logs C++ start-up notices (oneDNN, CUDA probing) with timestamps and process ids while
+it is imported, before its log level applies. In a notebook they would land in a cell's output at
+random and break nbval's comparison; so Keras is imported here once, with the process' stderr
+briefly sent to /dev/null, and later C++ messages below errors are silenced
+(``TF_CPP_MIN_LOG_LEVEL``). Every helpers module that uses Keras imports this module first
+(``from helpers import backend``), so that the first Keras import anywhere is this quiet one;
+``import helpers`` alone does not import Keras (commands such as ``python -m helpers data list``
+need no model and start at once).
+
+``environment()`` describes what a run computed with: the Keras backend, the versions of Python,
+Keras, the backend library, NumPy, scikit-learn and OpenCV, and the device. It is recorded in
+every ``metrics.json`` (schema 2) and shown in the report. It holds no time, host name or path,
+so that a rerun on the same machine writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections import Counter
+from contextlib import contextmanager
+from typing import Iterator
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Send the process' stderr (file descriptor 2, which C++ libraries write to) to /dev/null."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable stderr: nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _import_keras_quietly() -> None:
+    if "keras" in sys.modules:
+        return
+    with quiet_stderr():
+        import keras  # noqa: F401
+
+
+_import_keras_quietly()
+
+import keras  # noqa: E402  (already imported, quietly)
+
+BACKEND_LIBRARIES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch", "numpy": "numpy",
+                     "openvino": "openvino"}
+"""Keras backend name -> the Python package that implements it (its version is recorded)."""
+
+
+def _gpu_names(backend: str) -> list[str]:
+    """Names of the GPUs the Keras backend sees (empty where it sees none or cannot tell)."""
+    try:
+        with quiet_stderr():  # device probing may log CUDA notices to stderr
+            if backend == "tensorflow":
+                import tensorflow as tf
+
+                return [tf.config.experimental.get_device_details(device).get("device_name") or device.name
+                        for device in tf.config.list_physical_devices("GPU")]
+            if backend == "jax":
+                import jax
+
+                return [device.device_kind for device in jax.devices() if device.platform in ("gpu", "cuda", "rocm")]
+            if backend == "torch":
+                import torch
+
+                if torch.cuda.is_available():
+                    return [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
+                mps = getattr(torch.backends, "mps", None)
+                if mps is not None and mps.is_available():
+                    return ["Apple MPS"]
+    except Exception:  # noqa: BLE001 - a device that cannot be probed is described as the CPU
+        return []
+    return []
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else ``platform.processor()``, else the machine type."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    return " ".join(platform.processor().split()) or platform.machine() or "unknown"
+
+
+def device(backend: str | None = None) -> str:
+    """What the backend computes on: ``"GPU: <name>"`` (``"GPU: 2 x <name>"`` for several alike),
+    else ``"CPU: <model>"``."""
+    gpus = _gpu_names(backend or keras.backend.backend())
+    if gpus:
+        counts = Counter(gpus)
+        return "GPU: " + ", ".join(name if count == 1 else f"{count} x {name}" for name, count in counts.items())
+    return f"CPU: {cpu_model()}"
+
+
+def _version(module_name: str) -> str:
+    module = sys.modules.get(module_name)
+    if module is None:
+        try:
+            module = __import__(module_name)
+        except ImportError:
+            return "unknown"
+    return str(getattr(module, "__version__", "unknown"))
+
+
+def environment() -> dict[str, str]:
+    """The Keras backend, library versions and device of this process, for ``metrics.json``.
+
+    Keys: ``backend``, ``python``, ``keras``, the backend library's own name (``tensorflow``,
+    ``jax`` or ``torch``), ``numpy``, ``scikit-learn``, ``opencv`` and ``device``.
+    """
+    import cv2
+    import numpy
+    import sklearn
+
+    backend = keras.backend.backend()
+    found = {
+        "backend": backend,
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "numpy": numpy.__version__,
+        "scikit-learn": sklearn.__version__,
+        "opencv": cv2.__version__,
+    }
+    library = BACKEND_LIBRARIES.get(backend, backend)
+    found.setdefault(library, _version(library))
+    found["device"] = device(backend)
+    return found

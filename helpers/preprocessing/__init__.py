@@ -1,0 +1,82 @@
+"""Image preprocessing: reading, pure image steps, per-paper presets and a cache of prepared arrays.
+
+Every step is a pure function ``image in -> image out`` registered in :data:`STEPS`. A
+:class:`Preset` is a named list of steps with parameters (one per paper, in :data:`PRESETS`);
+:func:`apply_preset` runs one on an image and :func:`prepare_arrays` runs one over a manifest,
+caching the stacked result on disk under a key that hashes every input.
+
+Conventions: steps take and return ``float32`` images (integer images are converted with
+:func:`to_float` first), grey ``HxW`` or colour ``HxWx3``; masks are ``bool``.
+
+A preset ends at a *clean image*: RGB, values in ``[0, 1]``, nothing specific to a backbone or to
+its weights. The last stage, normalisation (the paper's per-image standardisation, or the
+backbone's ImageNet convention when it starts from ImageNet weights), runs inside the model as a
+layer (:class:`helpers.models.ImageNormalisation`), after augmentation; each preset names the
+paper's normalisation in :attr:`Preset.normalisation`. Cached arrays are stored as float16, grey
+presets with one channel (:func:`prepare_arrays`).
+
+The package's modules, lower ones first (each imports only those above it):
+
+- ``readers``: :func:`read_image` (OpenCV formats and DICOM), :class:`ImageReadError`;
+- ``steps``: the step functions and :data:`STEPS`;
+- ``presets``: :class:`Step`, :class:`Preset`, :data:`PRESETS`, lesion patches and
+  :func:`apply_preset`;
+- ``cache``: :func:`prepare_arrays`, :func:`cache_key`, ``PREPROCESSING_VERSION``, :func:`as_rgb`.
+
+Every public name is re-exported here: use ``helpers.preprocessing.X``.
+"""
+
+from __future__ import annotations
+
+from helpers.preprocessing.cache import (
+    CACHE_DTYPE,
+    PREPROCESSING_VERSION,
+    PreparedArrays,
+    as_rgb,
+    cache_key,
+    parse_roi,
+    prepare_arrays,
+)
+from helpers.preprocessing.presets import (
+    CLEAN_TOLERANCE,
+    PAPER003_NORMALISATION,
+    PAPER003_NORMALISATIONS,
+    PRESETS,
+    Preset,
+    Step,
+    apply_preset,
+    cut_patch,
+    default_roi,
+    get_preset,
+)
+from helpers.preprocessing.readers import READERS, ImageReadError, read_image
+from helpers.preprocessing.steps import (
+    CROP_STEPS,
+    RESIZE_METHODS,
+    STEPS,
+    Size,
+    bilateral_filter,
+    clahe,
+    contrast_stretch,
+    downscale,
+    gaussian_filter,
+    grey_to_rgb,
+    is_colour,
+    median_filter,
+    otsu_crop,
+    otsu_mask,
+    remove_artefacts,
+    resize,
+    scale_01,
+    to_float,
+)
+
+__all__ = [
+    "CACHE_DTYPE", "CLEAN_TOLERANCE", "CROP_STEPS", "ImageReadError", "PAPER003_NORMALISATION",
+    "PAPER003_NORMALISATIONS", "PREPROCESSING_VERSION", "PRESETS", "PreparedArrays", "Preset",
+    "READERS", "RESIZE_METHODS", "STEPS", "Size", "Step", "apply_preset", "as_rgb",
+    "bilateral_filter", "cache_key", "clahe", "contrast_stretch", "cut_patch", "default_roi",
+    "downscale", "gaussian_filter", "get_preset", "grey_to_rgb", "is_colour", "median_filter",
+    "otsu_crop", "otsu_mask", "parse_roi", "prepare_arrays", "read_image", "remove_artefacts",
+    "resize", "scale_01", "to_float",
+]

@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from helpers.runner import RunOutcome
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--jobs", type=int, metavar="N",
                      help="notebooks run at once (default: the profile's jobs: 2 for smoke and cpu, 1 for paper)")
     run.add_argument("--dry-run", action="store_true", help="list the planned runs and their parameters")
+    run.add_argument("--plan", metavar="FILE", help="the study plan (default: notebooks/study.yaml)")
     refresh = commands.add_parser("refresh-notebooks", help="re-execute the committed notebooks (smoke) to refresh their stored outputs")
     refresh.add_argument("notebooks", nargs="*", help="notebook files (default: all in notebooks/)")
     data = commands.add_parser("data", help="download or verify a dataset (list: which ones and where from)")
@@ -50,30 +56,33 @@ def _dispatch(args: argparse.Namespace) -> int:
         from helpers import plan, runner
 
         if args.dry_run:
+            the_plan = plan.load_plan(args.plan)
             for item in plan.planned_runs(args.profile, only=args.only, dataset=args.dataset,
                                           data_dir=args.data_dir, suite=args.suite,
-                                          skip_bad=args.skip_bad):
+                                          skip_bad=args.skip_bad, plan=the_plan):
                 print(f"{item.name}: {item.notebook.name} -> {item.run_dir} (limit {item.timeout_s} s)")
                 for key, value in item.parameters.items():
                     print(f"    {key} = {value!r}")
-                resolved = plan.settings_for_run(item)
+                resolved = plan.settings_for_run(item, plan=the_plan)
                 if resolved is not None:
                     print("    resolved: " + ", ".join(f"{key}={value}" for key, value in resolved.as_dict().items()
                                                    if key not in ("profile", "scaled_down", "data_dir")))
             return 0
-        outcomes, index = runner.run_plan(
-            args.profile, only=args.only, dataset=args.dataset, data_dir=args.data_dir,
-            suite=args.suite, skip_bad=args.skip_bad, force=args.force, jobs=args.jobs
-        )
-        failed = [o for o in outcomes if o.status in ("failed", "timeout")]
-        unavailable = sum(o.status == "unavailable" for o in outcomes)
-        done = len(outcomes) - len(failed) - unavailable
-        print(f"\n{done} of {len(outcomes)} runs ok"
-              + (f", {unavailable} not run for want of ImageNet weights (see the report)" if unavailable else "")
-              + f"; report: {index}")
-        for outcome in failed:
-            print(f"  {outcome.name}: {outcome.status}: {outcome.message}", file=sys.stderr)
-        return 1 if failed else 0
+        signum = None
+        try:
+            outcomes, index = runner.run_plan(
+                args.profile, only=args.only, dataset=args.dataset, data_dir=args.data_dir,
+                suite=args.suite, skip_bad=args.skip_bad, force=args.force, jobs=args.jobs, plan_file=args.plan,
+            )
+        except runner.StudyLocked as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except runner.Interrupted as stopped:
+            signum, outcomes, index = stopped.signum, stopped.outcomes, stopped.index
+        _print_summary(outcomes, index, signum)
+        if signum is not None:
+            return 128 + signum  # 130 for SIGINT, as a shell reports it
+        return 1 if any(o.status in ("failed", "timeout") for o in outcomes) else 0
     if args.command == "refresh-notebooks":
         from helpers import runner
 
@@ -104,6 +113,29 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
     return 2
+
+
+def _print_summary(outcomes: list[RunOutcome], index: Path, signum: int | None) -> None:
+    """The last lines of ``run``: how many runs are ok, which failed, which were interrupted."""
+    import signal
+
+    def named(status: str) -> list[str]:
+        return [o.name for o in outcomes if o.status == status]
+
+    failed = [o for o in outcomes if o.status in ("failed", "timeout")]
+    unavailable, stopped, not_started = named("unavailable"), named("interrupted"), named("not started")
+    done = sum(o.status in ("ok", "skipped") for o in outcomes)
+    print(f"\n{done} of {len(outcomes)} runs ok"
+          + (f", {len(unavailable)} not run for want of ImageNet weights (see the report)" if unavailable else "")
+          + (f", {len(stopped)} interrupted, {len(not_started)} not started" if signum is not None else "")
+          + f"; report: {index}")
+    for outcome in failed:
+        print(f"  {outcome.name}: {outcome.status}: {outcome.message}", file=sys.stderr)
+    if signum is not None:
+        parts = ([f"{', '.join(stopped)} stopped"] if stopped else []) + (
+            [f"{', '.join(not_started)} not started"] if not_started else [])
+        print(f"interrupted by {signal.Signals(signum).name}" + (": " + "; ".join(parts) if parts else ""),
+              file=sys.stderr)
 
 
 def _weights(action: str, names: list[str]) -> int:

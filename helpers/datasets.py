@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import zlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -24,7 +26,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from helpers import phantoms
-from helpers.adapters import AdapterResult
+from helpers.adapters import AdapterResult, BadInputError, bad_item, is_clutter, require_folder
+from helpers.downloads import sha256_file
 from helpers.paths import atomic_path, cache_dir, write_text_atomic
 
 MANIFEST_COLUMNS: tuple[str, ...] = ("image_path", "label", "patient_id", "dataset", "view",
@@ -97,6 +100,89 @@ def validate_manifest(df: pd.DataFrame, source: str) -> pd.DataFrame:
     return out
 
 
+def _sampled_digest(path: str, block: int = 1 << 12, blocks: int = 16) -> str:
+    """SHA-256 of ``blocks`` blocks spread over the file (the whole file if it is small)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        if size <= block * blocks:
+            return hashlib.sha256(handle.read()).hexdigest()
+        hasher = hashlib.sha256()
+        for index in range(blocks):
+            handle.seek((size - block) * index // (blocks - 1))
+            hasher.update(handle.read(block))
+    return hasher.hexdigest()
+
+
+def _grouped(paths: list[str], key: Callable[[str], object]) -> list[list[str]]:
+    groups: dict[object, list[str]] = {}
+    for path in paths:
+        groups.setdefault(key(path), []).append(path)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def identical_files(paths: Iterable[str | Path]) -> list[list[str]]:
+    """Groups of two or more files with the same bytes, each in the order given.
+
+    Cheap on a real dataset: files are grouped by size first, then by a digest of sixteen 4 KB
+    blocks spread over each, and only files that still agree are hashed whole (SHA-256).
+    """
+    paths = [str(p) for p in paths]
+    order = {path: index for index, path in enumerate(paths)}
+    groups = [whole for same_size in _grouped(paths, os.path.getsize)
+              for sampled in _grouped(same_size, _sampled_digest)
+              for whole in _grouped(sampled, lambda p: sha256_file(Path(p)))]
+    return sorted(groups, key=lambda group: order[group[0]])
+
+
+def check_image_files(manifest: pd.DataFrame, excluded: list[tuple[str, str]], *, source: str,
+                      skip_bad: bool = False) -> pd.DataFrame:
+    """Leave out empty image files and identical copies (by content), listing each in ``excluded``.
+
+    An empty (0-byte) file is bad input: BadInputError naming it, or with ``skip_bad`` listed.
+    Identical files of one patient and one label are one image counted twice: the first (in
+    manifest order) is kept and every other copy is listed, with or without ``skip_bad``.
+    Identical files of different patients (the same image under two patients would defeat the
+    patient-level split) or with different labels are bad input: BadInputError listing every
+    such group, or with ``skip_bad`` all their copies are left out and listed.
+    """
+    drop: set[str] = set()
+    for path in manifest["image_path"]:
+        if os.path.getsize(path) == 0:
+            bad_item(excluded, path, "file is empty (0 bytes): an unfinished download or copy?",
+                     skip_bad=skip_bad)
+            drop.add(path)
+    rows = manifest.set_index("image_path")
+    conflicts: list[str] = []
+    for group in identical_files(p for p in manifest["image_path"] if p not in drop):
+        patients, labels = rows.loc[group, "patient_id"], rows.loc[group, "label"]
+        if patients.nunique() == 1 and labels.nunique() == 1:
+            for copy in group[1:]:
+                excluded.append((copy, f"identical to {group[0]} (same file content, same patient "
+                                       f"{patients.iloc[0]}): left out, so that the image counts once"))
+                drop.add(copy)
+            continue
+        what = "of different patients" if patients.nunique() > 1 else "with different labels"
+        described = ", ".join(f"{path} (patient {rows.at[path, 'patient_id']}, {rows.at[path, 'label']})"
+                              for path in group)
+        conflicts.append(f"identical files {what}: {described}")
+        if skip_bad:
+            for path in group:
+                excluded.append((path, f"identical files {what} (same content: {', '.join(group)}); "
+                                       "all copies left out"))
+                drop.add(path)
+    if conflicts and not skip_bad:
+        more = f"; and {len(conflicts) - 10} more group(s)" if len(conflicts) > 10 else ""
+        shown = "; ".join(conflicts[:10]) + more
+        raise BadInputError(f"{source}: {len(conflicts)} group(s) of identical image files that cannot all be "
+                            f"right (the same image under two patients defeats the patient-level split): "
+                            f"{shown}. Remove the wrong copies (or pass skip_bad=True / --skip-bad to "
+                            "leave all copies out and list them)")
+    kept = manifest[~manifest["image_path"].isin(drop)].reset_index(drop=True)
+    if kept.empty:
+        raise ValueError(f"{source}: every image was left out (see the list of what was excluded)")
+    return kept
+
+
 def select_task(manifest: pd.DataFrame, task: str) -> pd.DataFrame:
     """Keep the rows a task uses and add ``target`` (the class the model learns).
 
@@ -161,15 +247,33 @@ def write_dicom(target: Path | str, image: np.ndarray, *, patient_id: str, later
     return target
 
 
-def _write_png(target: Path, image: np.ndarray) -> None:
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+def _write_png(target: Path, image: np.ndarray, significant_bits: int | None = None) -> None:
+    """Write a PNG; ``significant_bits`` (uint16 images) scales the values to 16 bits as PNG
+    requires and records their depth in an sBIT chunk, which :func:`read_image` reads back."""
+    if significant_bits is not None:
+        if image.dtype != np.uint16 or int(image.max(initial=0)) >= 2**significant_bits:
+            raise ValueError(f"{target}: expected a uint16 image of {significant_bits} bits")
+        image = image << np.uint16(16 - significant_bits)
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
         raise ValueError(f"{target}: OpenCV could not encode the image as PNG")
+    data = encoded.tobytes()
+    if significant_bits is not None:
+        end_of_header = 8 + 25  # signature, then the IHDR chunk (4 + 4 + 13 + 4 bytes)
+        data = data[:end_of_header] + _png_chunk(b"sBIT", bytes([significant_bits])) + data[end_of_header:]
     with atomic_path(target) as tmp:
-        tmp.write_bytes(encoded.tobytes())
+        tmp.write_bytes(data)
 
 
 # ----------------------------------------------------------------------------- synthetic
+
+PHANTOM_BITS = phantoms.MAX_VALUE.bit_length()  # 12: phantoms are 0..4095
+SYNTHETIC_FILE_VERSION = 2  # 2: PNG samples scaled to 16 bits with an sBIT chunk (12 bits)
+
 
 def _options_key(options: dict) -> str:
     return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
@@ -208,18 +312,20 @@ def synthetic(root: str | Path | None = None, *, n_patients: int = 60, seed: int
               monochrome1: bool = False, with_masks: bool = False) -> pd.DataFrame:
     """Phantom mammograms (see ``helpers.phantoms``) written to disk, with their manifest.
 
-    Images go to ``root/images`` as 16-bit PNG or (``file_format="dicom"``) DICOM, optionally
-    inverted MONOCHROME1; ``with_masks=True`` adds breast-silhouette PNGs in ``root/masks``
-    (column ``breast_mask_path``). ``root`` defaults to ``cache_dir()/synthetic/<options hash>``.
-    A later call with the same options reuses the files. Extra column: ``lesion_kind``.
+    Images go to ``root/images`` as 16-bit PNG (the 12-bit values scaled to 16 bits, with an sBIT
+    chunk saying 12) or (``file_format="dicom"``) 12-bit DICOM, optionally inverted MONOCHROME1;
+    :func:`helpers.preprocessing.read_image` reads either back as the phantom divided by 4095.
+    ``with_masks=True`` adds breast-silhouette PNGs in ``root/masks`` (column ``breast_mask_path``).
+    ``root`` defaults to ``cache_dir()/synthetic/<options hash>``. A later call with the same
+    options reuses the files. Extra column: ``lesion_kind``.
     """
     if file_format not in ("png", "dicom"):
         raise ValueError(f"file_format must be 'png' or 'dicom', got {file_format!r}")
     if monochrome1 and file_format != "dicom":
         raise ValueError("monochrome1=True needs file_format='dicom' (PNG has no photometric tag)")
-    options = {"generator_version": phantoms.GENERATOR_VERSION, "n_patients": int(n_patients),
-               "seed": int(seed), "image_size": int(image_size), "difficulty": float(difficulty),
-               "views": list(views), "file_format": file_format,
+    options = {"generator_version": phantoms.GENERATOR_VERSION, "file_version": SYNTHETIC_FILE_VERSION,
+               "n_patients": int(n_patients), "seed": int(seed), "image_size": int(image_size),
+               "difficulty": float(difficulty), "views": list(views), "file_format": file_format,
                "class_balance": [float(w) for w in class_balance],
                "monochrome1": bool(monochrome1), "with_masks": bool(with_masks)}
     root = Path(root) if root is not None else cache_dir() / "synthetic" / _options_key(options)
@@ -239,7 +345,7 @@ def synthetic(root: str | Path | None = None, *, n_patients: int = 60, seed: int
             write_dicom(root / image_rel, phantom.image, patient_id=patient_id,
                         laterality=phantom.laterality, view=phantom.view, monochrome1=monochrome1)
         else:
-            _write_png(root / image_rel, phantom.image)
+            _write_png(root / image_rel, phantom.image, significant_bits=PHANTOM_BITS)
         row = {"image_path": image_rel, "label": phantom.label, "patient_id": patient_id,
                "dataset": "synthetic", "view": phantom.view, "laterality": phantom.laterality,
                "roi": ",".join(map(str, phantom.roi)) if phantom.roi else "",
@@ -310,10 +416,9 @@ def cbis_sample(root: str | Path | None = None) -> pd.DataFrame:
         files = _mammograms_files()
         root = files[0].resolve().parents[1] if files else Path(".")
     else:
-        root = Path(root).expanduser().resolve()
-        if not root.is_dir():
-            raise FileNotFoundError(f"cbis-sample: folder {root} does not exist")
-        files = sorted(root.rglob("*.dcm"))
+        root = require_folder(root, "cbis-sample", "folders named sfm-benign-* / sfm-malign-* holding "
+                                                   "CBIS-DDSM DICOMs")
+        files = sorted(p for p in root.rglob("*.dcm") if not is_clutter(p))
         if not files:
             raise FileNotFoundError(f"cbis-sample: no *.dcm files found under {root}")
     df = pd.DataFrame([_cbis_row(path, root) for path in files])
@@ -352,9 +457,11 @@ EMBEDDED_DATASETS: tuple[str, ...] = ("synthetic", "cbis-sample")
 
 def load_with_exclusions(name: str, root: str | Path | None = None,
                          **options) -> AdapterResult:
-    """The validated manifest of dataset ``name`` and what its adapter deliberately left out.
+    """The validated manifest of dataset ``name`` and what was deliberately left out.
 
     ``options`` go to the adapter (e.g. ``skip_bad=True`` to list bad files instead of failing).
+    Every dataset's image files are then checked by :func:`check_image_files`: empty files and
+    identical copies (by content) are errors or listed exclusions, never kept silently.
     """
     if name not in DATASETS:
         raise KeyError(f"unknown dataset {name!r}; known datasets: {sorted(DATASETS)}")
@@ -367,8 +474,11 @@ def load_with_exclusions(name: str, root: str | Path | None = None,
     if isinstance(result, pd.DataFrame):
         result = AdapterResult(result, [])
     where = root if root is not None else "default location"
-    manifest = validate_manifest(result.manifest, source=f"dataset {name!r} ({where})")
-    return AdapterResult(manifest, list(result.excluded))
+    source = f"dataset {name!r} ({where})"
+    manifest = validate_manifest(result.manifest, source=source)
+    excluded = list(result.excluded)
+    manifest = check_image_files(manifest, excluded, source=source, skip_bad=bool(options.get("skip_bad")))
+    return AdapterResult(manifest, excluded)
 
 
 def load(name: str, root: str | Path | None = None, **options) -> pd.DataFrame:

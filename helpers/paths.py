@@ -11,12 +11,17 @@ temporary folders without touching the checkout:
 from __future__ import annotations
 
 import os
+import re
+import stat
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+PART_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.part$")
+"""How :func:`atomic_path` names its temporary file: ``.<name>.<8 random characters>.part``."""
 
 
 def _from_env(name: str, default: Path) -> Path:
@@ -61,6 +66,24 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def sweep_partial_files(folder: Path | str, older_than_s: float = 0.0) -> list[Path]:
+    """Remove the temporary files of killed :func:`atomic_path` writes under ``folder`` (only files
+    named as it names them, not modified for ``older_than_s`` seconds); return those removed."""
+    cutoff = time.time() - older_than_s
+    removed = []
+    for root, _, names in os.walk(folder):  # links to folders are not followed
+        for name in filter(PART_FILE.match, names):
+            path = Path(root) / name
+            try:
+                info = path.lstat()
+                if stat.S_ISREG(info.st_mode) and info.st_mtime <= cutoff:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:  # its writer finished meanwhile
+                continue
+    return removed
 
 
 def write_text_atomic(target: Path | str, text: str) -> Path:

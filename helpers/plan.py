@@ -233,6 +233,8 @@ def resolve_settings(profile: str, *, study: str = "000", backbone: str | None =
               "profile": {key: prof[key] for key in SETTABLE if key in prof and key != "dataset_options"},
               "run": run, "explicit": explicit}
     values, sources = merge_layers(layers)
+    for key in plan.defaults:  # a null default that no layer overrides is still the defaults' value
+        sources.setdefault(key, "defaults")
     if (prof.get("dataset_options") and values.get("dataset") == prof.get("dataset")
             and not _asked(sources, "dataset_options")):  # the profile's options are for its own dataset
         values["dataset_options"], sources["dataset_options"] = dict(prof["dataset_options"]), "profile"

@@ -5,10 +5,18 @@ For each planned run the runner checks whether its inputs changed since the last
 notebook in a separate process with a time limit, streams progress (cells and epochs) to the
 console, keeps the full log, and records the outcome in ``run.json``. A failed run does not stop
 the others. At the end it writes the summary report (``index.html`` and ``index.md``).
+
+While it runs, it holds a lock on the study's folder (:func:`study_lock`); SIGINT (Ctrl-C) or
+SIGTERM kills every running notebook (papermill and its kernel), records it "interrupted", starts
+no other run, and ends with :class:`Interrupted`. A notebook dies with a killed runner (Linux).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -22,16 +30,19 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Callable, Iterator, TextIO
 
 import yaml
 
 from helpers import paths
-from helpers.plan import (DEFAULT_SUITE, PLAN_FILE, PlannedRun, get_profile, load_plan, output_name,
+from helpers.plan import (DEFAULT_SUITE, PLAN_FILE, Plan, PlannedRun, get_profile, load_plan, output_name,
                           planned_runs)
 
 RUN_FILE = "run.json"
 LOG_FILE = "log.txt"
+LOCK_FILE = ".runner.lock"  # in the study's folder, reports/<profile>/ (see study_lock)
+CACHE_PART_AGE_S = 3600  # a partial file in the shared cache untouched this long has no live writer
+PR_SET_PDEATHSIG = 1  # Linux prctl(2)
 _PROGRESS = re.compile(r"(Epoch \d+/\d+|Executing Cell \d+|^\S*\d+/\d+ - .*loss)")
 _CELL = re.compile(r"Executing Cell (\d+)")
 
@@ -39,10 +50,184 @@ _CELL = re.compile(r"Executing Cell (\d+)")
 @dataclass
 class RunOutcome:
     name: str
-    status: str          # "ok", "skipped", "failed", "timeout", "unavailable" (no ImageNet weights)
+    status: str  # "ok", "skipped", "failed", "timeout", "unavailable" (no ImageNet weights),
+    #              "interrupted" (SIGINT/SIGTERM while it ran), "not started" (interrupted before)
     seconds: float
     message: str = ""
     run_dir: Path | None = None
+
+
+class Interrupted(Exception):
+    """The study was stopped by SIGINT or SIGTERM; what :func:`run_plan` would have returned."""
+
+    def __init__(self, signum: int, outcomes: list[RunOutcome], index: Path) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum, self.outcomes, self.index = signum, outcomes, index
+
+
+class StudyLocked(Exception):
+    """Another runner, alive, holds the lock of the study's folder."""
+
+
+class Stop:
+    """Set by SIGINT or SIGTERM while a study runs: running notebooks are killed, none starts."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.signum: int | None = None
+        self.cut_short = False  # the main thread is in a long call (a weights download) to cut short
+
+    def handle(self, signum: int, frame: object) -> None:
+        """The signal handler (main thread); a second signal changes nothing."""
+        if self.signum is None:
+            self.signum = signum
+            self._event.set()
+            if self.cut_short:
+                raise KeyboardInterrupt
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._event.wait(timeout)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "a stop"
+
+
+@contextlib.contextmanager
+def _signals_set(stop: Stop) -> Iterator[None]:
+    """While the study runs, SIGINT and SIGTERM set ``stop`` (main thread only: elsewhere, as before)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, stop.handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _describe_holder(text: str) -> tuple[str, str]:
+    """What a lock file says of its holder, and the holder's pid ("PID" when it says nothing yet)."""
+    try:
+        holder = json.loads(text)
+        return f"pid {holder['pid']}, started {holder['started']}, `{holder['command']}`", str(holder["pid"])
+    except (ValueError, KeyError, TypeError):
+        return "a runner that is starting (no details yet)", "PID"
+
+
+@contextlib.contextmanager
+def study_lock(folder: Path, echo: Callable[[str], None] = print) -> Iterator[None]:
+    """Hold ``folder/.runner.lock`` while a study writes in ``folder``; sweep stale partial files.
+
+    The lock is an ``flock`` on the file, so it ends with its holder however that ends (``kill -9``
+    too); the file names the holder (pid, start, command). A second runner raises
+    :class:`StudyLocked` naming the live one; a file naming a runner that no longer holds it is
+    stale and is taken over. Then what killed processes left is cleared: runs still "running" are
+    recorded "interrupted" and lose their ``metrics.json``; partial files of atomic writes are
+    removed, every one under ``folder`` (only this runner and its notebooks write there) and, under
+    the cache folder (shared with other studies and notebooks run by hand), those untouched for an hour.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    with open(path, "a+", encoding="utf-8") as handle:  # closing it releases the lock
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder, pid = _describe_holder(handle.read())
+            raise StudyLocked(f"another runner is running the study in {folder}: {holder}; wait for it to "
+                              f"end or stop it (Ctrl-C in its terminal, or kill {pid}); lock: {path}") from None
+        handle.seek(0)
+        previous = handle.read()
+        if previous.strip():
+            echo(f"taking over the stale lock {path}: {_describe_holder(previous)[0]} is no longer running")
+        handle.truncate(0)
+        handle.write(json.dumps({"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                 "command": " ".join(["python -m helpers", *sys.argv[1:]])}) + "\n")
+        handle.flush()
+        abandoned = _close_abandoned_runs(folder)
+        if abandoned:
+            echo(f"runs left running by a runner that was killed, now recorded as interrupted: {', '.join(abandoned)}")
+        swept = paths.sweep_partial_files(folder) + paths.sweep_partial_files(paths.cache_dir(), CACHE_PART_AGE_S)
+        if swept:
+            echo(f"removed {len(swept)} partial file{'s' * (len(swept) > 1)} of killed writes (.*.part): "
+                 + ", ".join(str(path) for path in swept[:3]) + (", ..." if len(swept) > 3 else ""))
+        try:
+            yield
+        finally:
+            handle.truncate(0)  # an empty file: free (it is kept, so that every runner locks one file)
+            handle.flush()
+
+
+def _close_abandoned_runs(folder: Path) -> list[str]:
+    """Record the runs of ``folder`` that a killed runner left "running" as interrupted, without
+    their metrics (they did not finish); return their names."""
+    names = []
+    for status_file in sorted(folder.glob(f"*/{RUN_FILE}")):
+        record = _previous(status_file.parent)
+        if record.get("status") == "running":
+            (status_file.parent / "metrics.json").unlink(missing_ok=True)
+            record.pop("pid", None)
+            record.update(status="interrupted", message="its runner was killed while it ran")
+            paths.write_text_atomic(status_file, json.dumps(record, indent=2, sort_keys=True) + "\n")
+            names.append(status_file.parent.name)
+    return names
+
+
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def _die_with(runner_pid: int, prctl: Callable[..., int]) -> None:
+    """In papermill's process before it starts: SIGKILL it when the runner's thread that started
+    it ends (the runner killed); its kernel, started by ipykernel with papermill as its parent,
+    exits within a second of papermill (ipykernel polls its parent)."""
+    prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    if os.getppid() != runner_pid:  # the runner died before prctl
+        os._exit(1)
+
+
+def _kill_notebook(pid: int) -> None:
+    """SIGKILL papermill's process group and that of each of its descendants: jupyter_client
+    starts the kernel in a session of its own, which killing papermill's group would miss."""
+    import psutil  # a dependency of ipykernel
+
+    try:
+        os.killpg(pid, signal.SIGSTOP)  # stopped, papermill starts no kernel while we look
+    except ProcessLookupError:
+        return
+    groups = {pid}
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(pid).children(recursive=True):
+            with contextlib.suppress(OSError):
+                groups.add(os.getpgid(child.pid))
+    groups.discard(os.getpgrp())
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+
+
+def _wait(process: subprocess.Popen, timeout_s: float, stop: Stop) -> str | None:
+    """Wait for ``process`` to exit (None); "timeout" past ``timeout_s``; "interrupted" on ``stop``."""
+    deadline = time.monotonic() + timeout_s
+    while process.poll() is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return "timeout"
+        if stop.wait(min(remaining, 0.25)) and process.poll() is None:
+            return "interrupted"
+    return None
 
 
 def code_fingerprint(root: Path | None = None) -> str:
@@ -104,8 +289,17 @@ def _failure_reason(log_path: Path) -> str:
     return lines[-1][-400:] if lines else "no output"
 
 
-def execute(run: PlannedRun, *, fingerprint: str, echo: Callable[[str], None] = print) -> RunOutcome:
-    """Execute one planned notebook run with papermill in a child process, within its time limit."""
+def execute(run: PlannedRun, *, fingerprint: str, echo: Callable[[str], None] = print,
+            stop: Stop | None = None) -> RunOutcome:
+    """Execute one planned notebook run with papermill in a child process, within its time limit.
+
+    Past the limit, or when ``stop`` is set, papermill and its kernel are killed. Only a run whose
+    papermill ended well keeps its ``metrics.json`` (a notebook writes it at its end).
+    """
+    stop = stop or Stop()
+    if stop.is_set():
+        return RunOutcome(run.name, "not started", 0.0, f"interrupted by {stop.name} before it started",
+                          run.run_dir)
     run_dir = run.run_dir
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -120,23 +314,28 @@ def execute(run: PlannedRun, *, fingerprint: str, echo: Callable[[str], None] = 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     started = time.monotonic()
     status, message = "ok", ""
+    prctl = _prctl()
     with open(log_path, "w", encoding="utf-8") as log:
+        # PR_SET_PDEATHSIG fires when the thread that started papermill ends: this one, which
+        # waits for it here
         process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env=env, start_new_session=True,
+            preexec_fn=functools.partial(_die_with, os.getpid(), prctl) if prctl else None,
         )
+        _record(run, "running", "", 0.0, fingerprint, pid=process.pid)
         pump = threading.Thread(target=_pump, args=(process.stdout, log, echo), daemon=True)
         pump.start()
-        try:
-            code = process.wait(timeout=run.timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            code = None
+        ended = _wait(process, run.timeout_s, stop)
+        if ended:
+            _kill_notebook(process.pid)
+        code = process.wait()
         pump.join(timeout=10)
     seconds = time.monotonic() - started
-    if code is None:
+    if ended == "timeout":
         status, message = "timeout", f"stopped after its time limit of {run.timeout_s} s"
+    elif ended == "interrupted":
+        status, message = "interrupted", f"stopped by {stop.name}"
     elif code != 0:
         status, message = "failed", _failure_reason(log_path)
     if status != "ok":
@@ -145,7 +344,7 @@ def execute(run: PlannedRun, *, fingerprint: str, echo: Callable[[str], None] = 
     return _record(run, status, message, seconds, fingerprint)
 
 
-def missing_weights(run: PlannedRun) -> str | None:
+def missing_weights(run: PlannedRun, plan: Plan | None = None) -> str | None:
     """Why the ImageNet weights ``run`` needs cannot be had (None when it needs none, or has them).
 
     Checked in the runner, before the notebook starts: a missing file is downloaded here, once,
@@ -155,7 +354,7 @@ def missing_weights(run: PlannedRun) -> str | None:
     """
     from helpers.plan import settings_for_run
 
-    settings = settings_for_run(run)
+    settings = settings_for_run(run, plan)
     if settings is None or settings.backbone is None or settings.weights != "imagenet":
         return None  # a lesson that builds no network (data, augmentation) needs no weights
     from helpers import models
@@ -168,10 +367,11 @@ def missing_weights(run: PlannedRun) -> str | None:
     return None
 
 
-def _record(run: PlannedRun, status: str, message: str, seconds: float, fingerprint: str) -> RunOutcome:
+def _record(run: PlannedRun, status: str, message: str, seconds: float, fingerprint: str,
+            **extra: object) -> RunOutcome:
     record = {"name": run.name, "status": status, "message": message, "seconds": round(seconds, 1),
               "fingerprint": fingerprint, "notebook": run.notebook.name, "parameters": run.parameters,
-              "baseline_of": run.baseline_of}
+              "baseline_of": run.baseline_of, **extra}
     paths.write_text_atomic(run.run_dir / RUN_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return RunOutcome(run.name, status, seconds, message, run.run_dir)
 
@@ -202,16 +402,23 @@ def run_plan(
     force: bool = False,
     jobs: int | None = None,
     echo: Callable[[str], None] = print,
+    plan_file: Path | str | None = None,
 ) -> tuple[list[RunOutcome], Path]:
-    """Run ``suite`` of the plan for ``profile``; return the outcomes and the summary page's path.
+    """Run ``suite`` of the plan (``plan_file``, default ``notebooks/study.yaml``) for ``profile``;
+    return the outcomes and the summary page's path.
 
     ``jobs`` notebooks run at once (default: the profile's ``jobs``, else 1). A run starts only
     after the run it reuses has finished; ``after_all`` runs (the results) start after all others.
     Each run's numbers do not depend on ``jobs``: every notebook is its own seeded process.
+
+    The study's folder is locked meanwhile (:func:`study_lock`). SIGINT or SIGTERM kills the running
+    notebooks ("interrupted"); the runs not started yet are left as they were ("not started": an
+    earlier result keeps its ``run.json``, whose fingerprint has them rerun next time); the report
+    is written, then :class:`Interrupted` is raised.
     """
     from helpers import reporting
 
-    plan = load_plan()
+    plan = load_plan(plan_file)
     profile_settings = get_profile(profile, plan)
     jobs = max(1, int(jobs or profile_settings.get("jobs") or 1))
     runs = planned_runs(profile, only=only, dataset=dataset, data_dir=data_dir, suite=suite,
@@ -223,14 +430,46 @@ def run_plan(
         with lock:
             echo(line)
 
+    folder = paths.reports_dir() / output_name(profile, dataset=dataset, suite=suite, plan=plan)
+    stop = Stop()
+    with study_lock(folder, echo=say):
+        with _signals_set(stop):
+            outcomes = _run_all(ordered, jobs, stop, say, plan=plan, profile_settings=profile_settings,
+                                force=force)
+        index = reporting.build_report(folder, profile=profile)
+    result = [outcomes[run.name] for run in ordered]
+    if stop.signum is not None:
+        raise Interrupted(stop.signum, result, index)
+    return result, index
+
+
+def _run_all(ordered: list[PlannedRun], jobs: int, stop: Stop, say: Callable[[str], None], *,
+             plan: Plan, profile_settings: dict, force: bool) -> dict[str, RunOutcome]:
+    """The outcome of each run, ``jobs`` at a time, in order where one waits for another."""
     outcomes: dict[str, RunOutcome] = {}
     waiting = list(enumerate(ordered, start=1))
     running: dict[Future, tuple[str, PlannedRun]] = {}
+    announced = False
+
+    def halt() -> None:
+        """After a signal: say what stops (once); the waiting runs are not started."""
+        nonlocal announced
+        if not announced:
+            announced = True
+            say(f"{stop.name}: stopping " + (", ".join(r.name for _, r in running.values()) or "nothing")
+                + (f"; not starting {', '.join(r.name for _, r in waiting)}" if waiting else ""))
+        for _, run in waiting:
+            outcomes[run.name] = RunOutcome(run.name, "not started", 0.0,
+                                            f"interrupted by {stop.name} before it started", run.run_dir)
+        waiting.clear()
+
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while waiting or running:
+            if stop.is_set():
+                halt()
             for item in list(waiting):
                 number, run = item
-                if len(running) >= jobs:
+                if len(running) >= jobs or stop.is_set():
                     break
                 if _must_wait(run, [r for _, r in waiting], [r for _, r in running.values()]):
                     continue
@@ -243,20 +482,31 @@ def run_plan(
                     say(f"{label}: unchanged since the last run, skipped")
                     outcomes[run.name] = RunOutcome(run.name, "skipped", 0.0, "unchanged", run.run_dir)
                     continue
-                missing = missing_weights(run)
+                try:
+                    stop.cut_short = True  # a weights download may take minutes: a signal ends it
+                    missing = missing_weights(run, plan)
+                    stop.cut_short = False
+                except KeyboardInterrupt:
+                    stop.cut_short = False
+                    if not stop.is_set():
+                        raise
+                    waiting.insert(0, item)  # not started
+                    break
                 if missing:
                     outcomes[run.name] = record_unavailable(run, missing, fingerprint)
                     say(f"{label}: not run, its ImageNet weights are unavailable: {missing}")
                     continue
                 say(f"{label}: running (time limit {run.timeout_s} s)")
-                future = pool.submit(execute, run, fingerprint=fingerprint,
+                future = pool.submit(execute, run, fingerprint=fingerprint, stop=stop,
                                      echo=lambda line, n=run.name: say(f"    {n}: {line}"))
                 running[future] = (label, run)
             if not running:
-                if waiting:  # cannot happen with a valid plan (reuses names earlier runs only)
+                if waiting and not stop.is_set():  # cannot happen with a valid plan (reuses names earlier runs only)
                     raise RuntimeError(f"runs {[r.name for _, r in waiting]} wait for each other")
                 continue
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)  # a signal is seen within 1 s
+            if stop.is_set():
+                halt()
             for future in done:
                 label, run = running.pop(future)
                 outcome = future.result()
@@ -265,9 +515,7 @@ def run_plan(
                 if outcome.status != "ok":
                     say(f"    full log: {outcome.run_dir / LOG_FILE}")
                 outcomes[run.name] = outcome
-    folder = paths.reports_dir() / output_name(profile, dataset=dataset, suite=suite, plan=plan)
-    index = reporting.build_report(folder, profile=profile)
-    return [outcomes[run.name] for run in ordered], index
+    return outcomes
 
 
 def clean_notebook_metadata(path: Path) -> None:

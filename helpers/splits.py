@@ -126,14 +126,63 @@ def save_split(manifest: pd.DataFrame, path: Path | str, *, seed: int, test_size
     return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
+def _json_type(value: object) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(
+        type(value), "a number")
+
+
+def read_split_file(path: Path | str) -> dict:
+    """The content of a split file, checked: a ValueError names the file and what is wrong
+    (line and column of a JSON syntax error, an entry of the wrong type, an unknown split).
+
+    A byte-order mark and any line ends (a file edited in another program) are accepted.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a readable split file ({error})") from error
+    if not text.strip():
+        raise ValueError(f"{path}: the split file is empty; delete it to make a new split")
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not a valid split file: JSON syntax error at line {error.lineno} "
+                         f"column {error.colno}: {error.msg}") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: a split file holds a JSON object {{\"patients\": {{...}}, ...}}, "
+                         f"not {_json_type(payload)}")
+    if "patients" not in payload:
+        raise ValueError(f"{path}: the split file has no 'patients' entry "
+                         f"({{\"train\": [...], \"val\": [...], \"test\": [...]}})")
+    patients = payload["patients"]
+    if not isinstance(patients, dict):
+        raise ValueError(f"{path}: 'patients' must be an object {{\"train\": [...], \"val\": [...], "
+                         f"\"test\": [...]}}, not {_json_type(patients)}")
+    unknown = [split for split in patients if split not in SPLITS]
+    if unknown:
+        raise ValueError(f"{path}: unknown split {unknown[0]!r} in 'patients'; expected {list(SPLITS)}")
+    for split, ids in patients.items():
+        if not isinstance(ids, list):
+            raise ValueError(f"{path}: 'patients.{split}' must be a list of patient ids, not {_json_type(ids)}")
+        wrong = next((value for value in ids if not isinstance(value, str)), None)
+        if wrong is not None:
+            raise ValueError(f"{path}: 'patients.{split}' must be a list of strings (patient ids); "
+                             f"found {_json_type(wrong)} {wrong!r}")
+    for key, kinds in (("version", int), ("seed", int), ("test_size", (int, float)),
+                       ("val_size", (int, float)), ("manifest_fingerprint", str)):
+        if key in payload and (not isinstance(payload[key], kinds) or isinstance(payload[key], bool)):
+            raise ValueError(f"{path}: {key!r} has the wrong type ({_json_type(payload[key])} {payload[key]!r})")
+    if payload.get("version", SPLIT_FILE_VERSION) > SPLIT_FILE_VERSION:
+        raise ValueError(f"{path}: split file version {payload['version']} is newer than this code's "
+                         f"({SPLIT_FILE_VERSION})")
+    return payload
+
+
 def load_split(path: Path | str, manifest: pd.DataFrame) -> pd.DataFrame:
     """Apply a saved split to ``manifest`` and leak-check it; errors name the file."""
     path = Path(path)
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-        patients = payload["patients"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: not a readable split file ({error})") from error
+    patients = read_split_file(path)["patients"]
     assignment: dict[str, str] = {}
     for split in SPLITS:
         for patient in patients.get(split, []):
@@ -165,10 +214,14 @@ def manifest_fingerprint(manifest: pd.DataFrame) -> str:
 def make_or_load_split(
     manifest: pd.DataFrame, path: Path | str, *, test_size: float, val_size: float, seed: int
 ) -> pd.DataFrame:
-    """Load the split saved at ``path`` if it was made for this manifest and these settings, else make and save it."""
+    """Load the split saved at ``path`` if it was made for this manifest and these settings, else make and save it.
+
+    A malformed file at ``path`` is a ValueError naming it (see :func:`read_split_file`), not
+    silently replaced.
+    """
     path = Path(path)
     if path.exists():
-        payload = json.loads(path.read_text(encoding="utf-8"))
+        payload = read_split_file(path)
         same = (
             payload.get("seed") == seed
             and payload.get("test_size") == test_size

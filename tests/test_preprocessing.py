@@ -119,18 +119,18 @@ def test_read_dicom_16bit(tmp_path: Path, rle: bool) -> None:
 def test_read_dicom_monochrome1_is_inverted(tmp_path: Path) -> None:
     img = np.random.default_rng(4).integers(0, 4096, (16, 16), dtype=np.uint16)
     path = write_dicom(tmp_path / "m1.dcm", img, photometric="MONOCHROME1", bits_stored=12)
-    out = pp.read_image(path)
-    assert out.dtype == np.uint16 and np.array_equal(out, 4095 - img)
+    out = pp.read_image(path)  # 12 bits stored: float32 in [0, 1], divided by 4095
+    assert out.dtype == np.float32 and np.array_equal(out, (4095 - img).astype(np.float32) / 4095.0)
 
 
 def test_read_dicom_applies_sane_window_and_ignores_bad_one(tmp_path: Path) -> None:
     img = np.array([[0, 1000, 2000, 3000, 4000]], np.uint16)
     windowed = pp.read_image(write_dicom(tmp_path / "w.dcm", img, bits_stored=12,
-                                         WindowCenter=2000, WindowWidth=2001))
-    assert windowed[0, 0] == 0 and windowed[0, -1] == 4095 and abs(int(windowed[0, 2]) - 2048) <= 1
+                                         WindowCenter=2000, WindowWidth=2001)) * 4095
+    assert windowed[0, 0] == 0 and windowed[0, -1] == 4095 and abs(windowed[0, 2] - 2048) <= 1
     bad = pp.read_image(write_dicom(tmp_path / "b.dcm", img, bits_stored=12,
                                     WindowCenter=2000, WindowWidth=0))
-    assert np.array_equal(bad, img)
+    assert np.array_equal(bad, img.astype(np.float32) / 4095.0)
 
 
 def test_read_errors_name_the_file(tmp_path: Path) -> None:
@@ -158,7 +158,7 @@ def test_read_errors_name_the_file(tmp_path: Path) -> None:
 
 def test_to_float_ranges() -> None:
     assert pp.to_float(np.array([0, 255], np.uint8)).tolist() == [0.0, 1.0]
-    assert pp.to_float(np.array([0, 4095], np.uint16)).tolist() == [0.0, 1.0]  # 12-bit
+    assert pp.to_float(np.array([0, 4095], np.uint16), bits=12).tolist() == [0.0, 1.0]  # 12-bit
     assert pp.to_float(np.array([0, 65535], np.uint16)).tolist() == [0.0, 1.0]
     assert pp.to_float(np.array([0, 4095], np.uint16)).dtype == np.float32
     with pytest.raises(ValueError, match="int32"):

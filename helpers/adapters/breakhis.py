@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from helpers.adapters import AdapterResult, BadInputError, bad_item, require_folder
+from helpers.adapters import (
+    AdapterResult,
+    BadInputError,
+    bad_item,
+    is_clutter,
+    require_folder,
+    unfinished_download,
+)
 
 DATASET = "breakhis"
 EXPECTED = ("BreaKHis_v1/histology_slides/breast/{benign,malignant}/SOB/<subtype>/<slide>/"
@@ -32,9 +39,8 @@ SUBTYPES: dict[str, tuple[str, str]] = {  # code -> (subtype, class code)
     "PC": ("papillary_carcinoma", "M"),
 }
 MAGNIFICATIONS: tuple[str, ...] = ("40X", "100X", "200X", "400X")
-CLUTTER: frozenset[str] = frozenset({"thumbs.db", ".ds_store", "desktop.ini"})
 _FILE_NAME = re.compile(r"^SOB_(?P<cls>[A-Z]+)_(?P<code>[A-Z]+)-(?P<year>\d+)-(?P<slide_id>[A-Za-z0-9]+)"
-                        r"-(?P<mag>\d+)-(?P<seq>\d+)\.png$")
+                        r"-(?P<mag>\d+)-(?P<seq>\d+)\.(?i:png)$")
 
 
 def find_breast_folder(root: Path) -> Path:
@@ -46,11 +52,6 @@ def find_breast_folder(root: Path) -> Path:
             return folder
     raise FileNotFoundError(f"breakhis: no breast/benign and breast/malignant folders found in {root}; "
                             f"expected {EXPECTED}")
-
-
-def is_clutter(path: Path) -> bool:
-    """Files that operating systems leave behind (``Thumbs.db``, ``.DS_Store``, ``._*``)."""
-    return path.name.lower() in CLUTTER or path.name.startswith("._")
 
 
 def parse_file_name(path: Path, class_folder: str) -> dict[str, str]:
@@ -75,6 +76,13 @@ def parse_file_name(path: Path, class_folder: str) -> dict[str, str]:
     if path.parent.name != mag:
         raise BadInputError(f"{path}: file name says {mag} but it is in the folder "
                             f"{path.parent.name!r}")
+    if path.parents[2].name.lower() != subtype:
+        raise BadInputError(f"{path}: file name says subtype {code} ({subtype}) but it is in the subtype "
+                            f"folder {path.parents[2].name!r}")
+    slide = f"SOB_{cls}_{code}_{match['year']}-{match['slide_id']}"
+    if path.parent.parent.name.lower() != slide.lower():
+        raise BadInputError(f"{path}: file name says slide {slide} but it is in the slide folder "
+                            f"{path.parent.parent.name!r}")
     return {"image_path": str(path), "label": CLASSES[cls],
             "patient_id": f"{match['year']}-{match['slide_id']}", "dataset": DATASET,
             "view": "", "laterality": "", "roi": "", "magnification": mag,
@@ -94,9 +102,10 @@ def load_breakhis(root: str | Path | None, *, skip_bad: bool = False,
 
     ``magnifications=("40X",)`` keeps only those; the others are listed in ``excluded`` as one
     entry per magnification with its count. Files other than PNG are listed in ``excluded``
-    unless they are operating-system clutter (Thumbs.db, .DS_Store, ._*). A malformed file
-    name, an unknown class or subtype code, a name that disagrees with its folders or a
-    duplicated file name raise ``BadInputError`` (or are listed with ``skip_bad=True``).
+    unless they are operating-system clutter (Thumbs.db, .DS_Store, ._*: ignored). A malformed
+    file name, an unknown class or subtype code, a name that disagrees with its folders (class,
+    subtype, slide, magnification), a duplicated file name or an unfinished download (``.part``,
+    ``.crdownload``) raise ``BadInputError`` (or are listed with ``skip_bad=True``).
     """
     if isinstance(magnifications, str):
         magnifications = (magnifications,)
@@ -114,19 +123,22 @@ def load_breakhis(root: str | Path | None, *, skip_bad: bool = False,
         for path in sorted(p for p in (folder / class_folder).rglob("*") if p.is_file()):
             if is_clutter(path):
                 continue
+            if unfinished := unfinished_download(path):
+                bad_item(excluded, path, unfinished, skip_bad=skip_bad)
+                continue
             if path.suffix.lower() != ".png":
                 excluded.append((str(path), "not a PNG image; left out"))
+                continue
+            if path.name.lower() in seen:
+                bad_item(excluded, path, f"duplicated image: {seen[path.name.lower()]} has the same file name",
+                         skip_bad=skip_bad)
                 continue
             try:
                 record = parse_file_name(path, class_folder)
             except BadInputError as error:
                 bad_item(excluded, path, str(error).removeprefix(f"{path}: "), skip_bad=skip_bad)
                 continue
-            if path.name in seen:
-                bad_item(excluded, path, f"duplicated image: {seen[path.name]} has the same file name",
-                         skip_bad=skip_bad)
-                continue
-            seen[path.name] = path
+            seen[path.name.lower()] = path
             if magnifications is not None and record["magnification"] not in magnifications:
                 left_out[record["magnification"]] += 1
                 continue

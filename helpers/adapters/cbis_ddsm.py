@@ -44,7 +44,7 @@ from typing import Callable, Iterable
 import pandas as pd
 import pydicom
 
-from helpers.adapters import AdapterResult, BadInputError, bad_item, require_folder
+from helpers.adapters import AdapterResult, BadInputError, bad_item, is_clutter, read_table, require_folder
 from helpers.datasets import MANIFEST_COLUMNS
 from helpers.splits import LeakageError, check_no_leakage, patient_split
 
@@ -128,7 +128,8 @@ class _Layout:
             folder = self.images_root / case
             if not folder.is_dir():
                 raise _RowProblem(f"case folder {folder} does not exist")
-            files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() == ".dcm")
+            files = sorted(p for p in folder.rglob("*")
+                           if p.is_file() and p.suffix.lower() == ".dcm" and not is_clutter(p))
             return [_Candidate(p, p.parent.name, lambda p=p: str(self.header(p).get("SeriesDescription", "")))
                     for p in files]
         rows = self.by_case.get(case.lower(), [])
@@ -215,11 +216,11 @@ def _detect_layout(root: Path) -> _Layout:
 # ----------------------------------------------------------------------------- CSV rows
 
 def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV as spreadsheets save it (BOM, UTF-16, ``;`` or tab, empty trailing columns)."""
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (OSError, ValueError, UnicodeDecodeError) as error:
+        return read_table(path)
+    except OSError as error:
         raise BadInputError(f"{path}: not a readable CSV file ({error})") from error
-    return table.apply(lambda column: column.str.strip())
 
 
 def _normalise_column(name: str) -> str:

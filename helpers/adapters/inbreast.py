@@ -24,20 +24,20 @@ Each DICOM header is read (``stop_before_pixels``) to check it is a DICOM.
 
 Bad input (BadInputError, or listed with ``skip_bad``): a DICOM without a table row, a row
 without a DICOM, an unknown BI-RADS value, a laterality or view that disagrees with the file
-name, a file name not in the pattern above, an unreadable header, a file id twice.
+name, a file name not in the pattern above, an unreadable header, a file id twice. The table
+may be saved with a byte-order mark, as UTF-16 or Windows-1252; macOS ``._*`` files are ignored.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import io
 import re
 from pathlib import Path
 
 import pandas as pd
 import pydicom
 
-from helpers.adapters import AdapterResult, BadInputError, bad_item, require_folder
+from helpers.adapters import AdapterResult, BadInputError, bad_item, is_clutter, read_table, require_folder
 from helpers.datasets import MANIFEST_COLUMNS
 
 DATASET = "inbreast"
@@ -67,20 +67,11 @@ def _dataset_folder(root: Path) -> Path:
 
 
 def _read_table(folder: Path) -> tuple[pd.DataFrame, Path]:
-    """INbreast.csv (``;`` or ``,`` separated), or INbreast.xls if xlrd is installed."""
+    """INbreast.csv (``;`` or ``,`` separated, any encoding spreadsheets write), or INbreast.xls if
+    xlrd is installed."""
     csv_path, xls_path = folder / "INbreast.csv", folder / "INbreast.xls"
     if csv_path.is_file():
-        raw = csv_path.read_bytes()
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            text = raw.decode("latin-1")
-        header = text.splitlines()[0] if text.strip() else ""
-        try:
-            table = pd.read_csv(io.StringIO(text), sep=";" if ";" in header else ",", dtype=str,
-                                keep_default_na=False)
-        except ValueError as error:
-            raise BadInputError(f"{csv_path}: not a readable CSV file ({error})") from error
+        table = read_table(csv_path)  # ";" or "," (or tab); BOM, UTF-16 or Windows-1252 text
         source = csv_path
     elif xls_path.is_file():
         if importlib.util.find_spec("xlrd") is None:
@@ -128,7 +119,9 @@ def load_inbreast(root: str | Path | None, *, skip_bad: bool = False,
             rows_by_id[file_id] = (where, row)
     used: set[str] = set()
     records = []
-    for path in sorted(p for p in (folder / "AllDICOMs").iterdir() if p.suffix.lower() == ".dcm"):
+    dicoms = (p for p in (folder / "AllDICOMs").iterdir()
+              if p.suffix.lower() == ".dcm" and not is_clutter(p))
+    for path in sorted(dicoms):
         match = _FILE_NAME.match(path.stem)
         if match is None:
             bad_item(excluded, path, "file name is not like 20586908_6c613a14b80a8591_MG_R_CC_ANON.dcm",

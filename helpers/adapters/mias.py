@@ -19,7 +19,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from helpers.adapters import AdapterResult, BadInputError, bad_item, require_folder
+from helpers.adapters import (
+    AdapterResult,
+    BadInputError,
+    bad_item,
+    is_clutter,
+    read_text,
+    require_folder,
+    unfinished_download,
+)
 
 DATASET = "mias"
 EXPECTED = "the mini-MIAS folder: mdb001.pgm ... mdb322.pgm and the label table Info.txt"
@@ -29,6 +37,7 @@ ABNORMALITIES: tuple[str, ...] = ("CALC", "CIRC", "SPIC", "MISC", "ARCH", "ASYM"
 TISSUES: tuple[str, ...] = ("F", "G", "D")
 VIEW = "MLO"
 _REFNUM = re.compile(r"^mdb(\d{3})$")
+_MENTION = re.compile(r"mdb\d{3}", re.IGNORECASE)
 _NO_COORDINATES = re.compile(r"^(\*NOTE\s*\d+\*)?$", re.IGNORECASE)
 _NO_COORDINATES_REASON = "no lesion coordinates; a ROI patch cannot be cut"
 
@@ -100,6 +109,12 @@ def parse_row(tokens: list[str], table: Path | str, line: int) -> LabelRow:
         raise BadInputError(f"{where}: malformed row {' '.join(tokens)!r}: expected "
                             "'mdbNNN <tissue> <class> [<severity> [x y radius]]'")
     refnum, tissue, abnormality = tokens[0], tokens[1], tokens[2]
+    if not refnum.lower().startswith("mdb"):
+        named = _MENTION.search(" ".join(tokens))
+        raise BadInputError(f"{where}: malformed row {' '.join(tokens)!r}: it names "
+                            f"{named.group() if named else 'an image'} but does not start with it (quotes or "
+                            "numbering added by another program?); expected "
+                            "'mdbNNN <tissue> <class> [<severity> [x y radius]]'")
     if not _REFNUM.match(refnum):
         raise BadInputError(f"{where}: malformed reference number {refnum!r} (expected mdbNNN)")
     if tissue not in TISSUES:
@@ -126,12 +141,16 @@ def parse_row(tokens: list[str], table: Path | str, line: int) -> LabelRow:
 
 
 def _table_lines(path: Path) -> list[tuple[int, list[str]]]:
-    """(line number, fields) of every line of ``path`` that starts with an mdb reference."""
-    text = path.read_text(encoding="latin-1")
+    """(line number, fields) of every line of ``path`` that names an image (mdbNNN).
+
+    The text may have a UTF-8 or UTF-16 byte-order mark and CRLF, LF or CR line ends (see
+    :func:`helpers.adapters.read_text`). A line that names an image without starting with
+    its reference number is kept too, so that :func:`parse_row` reports it.
+    """
     lines = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         fields = line.split()
-        if fields and fields[0].lower().startswith("mdb"):
+        if fields and (fields[0].lower().startswith("mdb") or _MENTION.search(line)):
             lines.append((number, fields))
     return lines
 
@@ -139,7 +158,7 @@ def _table_lines(path: Path) -> list[tuple[int, list[str]]]:
 def find_label_table(folder: Path) -> tuple[Path, list[tuple[int, list[str]]]]:
     """The one ``*.txt`` file in ``folder`` holding the table (identical copies are fine)."""
     tables = {path: _table_lines(path) for path in sorted(folder.iterdir())
-              if path.is_file() and path.suffix.lower() == ".txt"}
+              if path.is_file() and path.suffix.lower() == ".txt" and not is_clutter(path)}
     tables = {path: lines for path, lines in tables.items()
               if any(_REFNUM.match(fields[0]) for _, fields in lines)}
     if not tables:
@@ -167,8 +186,12 @@ def load_mias(root: str | Path | None, *, skip_bad: bool = False) -> AdapterResu
     the 2nd, 3rd... lesion of an image (the roi is its first lesion of the image's severity);
     images with benign and malignant rows ("kept as malignant: ..."); abnormal images without
     coordinates (kept, roi ""). Errors (``BadInputError``, or listed with ``skip_bad=True``): an
-    image with no label row, an unknown tissue/class/severity code, a malformed row, rows of one
-    image that contradict each other, coordinates outside the image, a broken PGM header.
+    image with no label row, an unknown tissue/class/severity code, a malformed row (also a line
+    that names an image but does not start with it), rows of one image that contradict each
+    other, coordinates outside the image, a broken PGM header, an unfinished download
+    (``mdb001.pgm.part``). File names are matched without regard to case (``MDB001.PGM``);
+    operating-system clutter (``.DS_Store``, ``._*``, ``Thumbs.db``) is ignored. The table may
+    be saved with a byte-order mark (UTF-8 or UTF-16) and any line ends.
     """
     folder = require_folder(root, DATASET, EXPECTED)
     table, lines = find_label_table(folder)
@@ -181,18 +204,24 @@ def load_mias(root: str | Path | None, *, skip_bad: bool = False) -> AdapterResu
             row = parse_row(fields, table, number)
         except BadInputError as error:
             bad_item(excluded, where, str(error).removeprefix(f"{where}: "), skip_bad=skip_bad)
-            unusable.add(fields[0])
+            named = _MENTION.search(" ".join(fields))
+            unusable.add(named.group().lower() if named else fields[0])
             continue
         rows_by_image.setdefault(row.refnum, []).append(row)
 
     images: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() == ".pgm":
-            if path.stem in images:
-                bad_item(excluded, path, f"duplicated image: {images[path.stem].name} has the same "
+        if not path.is_file() or is_clutter(path):
+            continue
+        if unfinished := unfinished_download(path):
+            bad_item(excluded, path, unfinished, skip_bad=skip_bad)
+        elif path.suffix.lower() == ".pgm":
+            refnum = path.stem.lower()  # MDB001.PGM (a copy from another system) is mdb001
+            if refnum in images:
+                bad_item(excluded, path, f"duplicated image: {images[refnum].name} has the same "
                                          "reference number", skip_bad=skip_bad)
                 continue
-            images[path.stem] = path
+            images[refnum] = path
     for refnum, rows in rows_by_image.items():
         if refnum not in images and refnum not in unusable:
             numbers = ", ".join(str(row.line) for row in rows)

@@ -18,10 +18,12 @@ falls back to file names, taking age and density from each case's ``.ics`` file
 (``PATIENT_AGE``, ``DENSITY``) where there is one. Extra columns: ``age``, ``density``.
 
 Deliberately left out and listed in ``excluded``: lesion masks / overlays (file names containing
-"Mask"). Non-image files (``.ics``, spreadsheets) are not images and are skipped.
+"Mask"). Non-image files (``.ics``, spreadsheets) and operating-system clutter (``._*``,
+``.DS_Store``, ``Thumbs.db``) are not images and are skipped. A CSV sheet may be saved with a
+byte-order mark, as UTF-16, with ``;`` or tab separators and empty trailing columns.
 Bad input (BadInputError, or listed with ``skip_bad``): a file name not in the pattern above, an
 image without a spreadsheet row or a row without an image, an unknown Status, a Status / Side /
-View that disagrees with the folder or file name, the same image twice.
+View that disagrees with the folder or file name, the same image twice, an unfinished download.
 """
 
 from __future__ import annotations
@@ -33,7 +35,15 @@ from pathlib import Path, PureWindowsPath
 
 import pandas as pd
 
-from helpers.adapters import AdapterResult, BadInputError, bad_item, require_folder
+from helpers.adapters import (
+    AdapterResult,
+    BadInputError,
+    bad_item,
+    is_clutter,
+    read_table,
+    require_folder,
+    unfinished_download,
+)
 from helpers.datasets import MANIFEST_COLUMNS
 
 DATASET = "mini-ddsm"
@@ -100,8 +110,8 @@ def _read_sheet(folder: Path, root: Path) -> tuple[pd.DataFrame | None, Path | N
         sheet = pd.read_excel(found, sheet_name=0, dtype=str, keep_default_na=False)
     else:
         try:
-            sheet = pd.read_csv(found, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-        except (OSError, ValueError, UnicodeDecodeError) as error:
+            sheet = read_table(found)  # BOM, UTF-16, ";" or tab, empty trailing columns
+        except OSError as error:
             raise BadInputError(f"{found}: not a readable CSV file ({error})") from error
     sheet = sheet.rename(columns={c: _SHEET_COLUMNS.get(re.sub(r"\W", "", str(c)).lower(), c) for c in sheet.columns})
     if "Status" not in sheet.columns or not ({"fullPath", "fileName"} & set(sheet.columns)):
@@ -159,7 +169,12 @@ def load_mini_ddsm(root: str | Path | None, *, skip_bad: bool = False,
     rows = []
     for status, label in STATUS_TO_LABEL.items():
         for path in sorted((folder / status).rglob("*")):
-            if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+            if not path.is_file() or is_clutter(path):
+                continue
+            if unfinished := unfinished_download(path):
+                bad_item(excluded, path, unfinished, skip_bad=skip_bad)
+                continue
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             if "mask" in path.name.lower():
                 excluded.append((str(path), "lesion mask / overlay, not a mammogram"))

@@ -6,7 +6,9 @@ Every step is a pure function ``image in -> image out`` registered in :data:`STE
 caching the stacked result on disk under a key that hashes every input.
 
 Conventions: steps take and return ``float32`` images (integer images are converted with
-:func:`to_float` first), grey ``HxW`` or colour ``HxWx3``; masks are ``bool``.
+:func:`to_float` first; :func:`read_image` already gives float32 in [0, 1] for files of a stored
+bit depth below their type's, e.g. a 12-bit DICOM), grey ``HxW`` or colour ``HxWx3``; masks are
+``bool``.
 
 A preset ends at a *clean image*: RGB, values in ``[0, 1]``, nothing specific to a backbone or to
 its weights. The last stage, normalisation (the paper's per-image standardisation, or the
@@ -17,7 +19,8 @@ presets with one channel (:func:`prepare_arrays`).
 
 The package's modules, lower ones first (each imports only those above it):
 
-- ``readers``: :func:`read_image` (OpenCV formats and DICOM), :class:`ImageReadError`;
+- ``readers``: :func:`read_image` (OpenCV formats and DICOM; the stored bit depth sets the scale),
+  :func:`file_kind` (what a file is by its content), :class:`ImageReadError`;
 - ``steps``: the step functions and :data:`STEPS`;
 - ``presets``: :class:`Step`, :class:`Preset`, :data:`PRESETS`, lesion patches and
   :func:`apply_preset`;
@@ -49,7 +52,7 @@ from helpers.preprocessing.presets import (
     default_roi,
     get_preset,
 )
-from helpers.preprocessing.readers import READERS, ImageReadError, read_image
+from helpers.preprocessing.readers import READERS, ImageReadError, file_kind, read_image
 from helpers.preprocessing.steps import (
     CROP_STEPS,
     RESIZE_METHODS,
@@ -76,7 +79,7 @@ __all__ = [
     "PAPER003_NORMALISATIONS", "PREPROCESSING_VERSION", "PRESETS", "PreparedArrays", "Preset",
     "READERS", "RESIZE_METHODS", "STEPS", "Size", "Step", "apply_preset", "as_rgb",
     "bilateral_filter", "cache_key", "clahe", "contrast_stretch", "cut_patch", "default_roi",
-    "downscale", "gaussian_filter", "get_preset", "grey_to_rgb", "is_colour", "median_filter",
-    "otsu_crop", "otsu_mask", "parse_roi", "prepare_arrays", "read_image", "remove_artefacts",
-    "resize", "scale_01", "to_float",
+    "downscale", "file_kind", "gaussian_filter", "get_preset", "grey_to_rgb", "is_colour",
+    "median_filter", "otsu_crop", "otsu_mask", "parse_roi", "prepare_arrays", "read_image",
+    "remove_artefacts", "resize", "scale_01", "to_float",
 ]

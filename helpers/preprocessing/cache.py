@@ -20,7 +20,7 @@ from helpers.preprocessing.presets import Preset, apply_preset, default_roi, get
 from helpers.preprocessing.readers import ImageReadError, read_image
 from helpers.preprocessing.steps import Size, _size_hw
 
-PREPROCESSING_VERSION = "2"
+PREPROCESSING_VERSION = "3"
 """Bumped whenever a step changes its output, so that old cached arrays are not reused."""
 
 CACHE_DTYPE = np.float16

@@ -10,17 +10,27 @@ import numpy as np
 Size = int | tuple[int, int]
 
 
-def to_float(img: np.ndarray) -> np.ndarray:
-    """Convert to float32 in [0, 1], scaled by the dtype's range.
+def to_float(img: np.ndarray, bits: int | None = None) -> np.ndarray:
+    """Convert to float32 in [0, 1], dividing integers by the largest value of their bit depth.
 
-    uint8 / 255; uint16 / 4095 when its maximum is <= 4095 (12-bit data), else / 65535;
-    bool to 0/1; float input is only cast to float32.
+    That depth is ``bits`` when given (e.g. ``bits=12`` for :mod:`helpers.phantoms`' images),
+    else the dtype's: uint8 / 255, uint16 / 65535 (a 16-bit array is taken at its full range,
+    never guessed from its values). :func:`~helpers.preprocessing.read_image` returns files of a
+    smaller stored depth (a 12-bit DICOM, a PGM with maxval 4095) already as float32 in [0, 1],
+    so its output needs no ``bits``. A value above ``2**bits - 1`` raises ValueError. bool gives
+    0/1; float input is only cast to float32.
     """
-    if img.dtype == np.uint8:
-        return img.astype(np.float32) / 255.0
-    if img.dtype == np.uint16:
-        full_scale = 4095.0 if img.size and int(img.max()) <= 4095 else 65535.0
-        return img.astype(np.float32) / full_scale
+    if img.dtype in (np.uint8, np.uint16):
+        if bits is None:
+            top = int(np.iinfo(img.dtype).max)
+        else:
+            if not 1 <= bits <= 8 * img.dtype.itemsize:
+                raise ValueError(f"to_float: bits={bits} does not fit a {img.dtype} image")
+            top = 2**bits - 1
+            if img.size and int(img.max()) > top:
+                raise ValueError(f"to_float: value {int(img.max())} is above {top}, "
+                                 f"the largest of {bits} bits")
+        return img.astype(np.float32) / float(top)
     if img.dtype == np.bool_ or np.issubdtype(img.dtype, np.floating):
         return img.astype(np.float32)
     raise ValueError(f"to_float: unsupported dtype {img.dtype} (expected uint8, uint16, bool or float)")

@@ -105,15 +105,29 @@ def test_unchanged_runs_are_skipped(smoke_study):
     assert "unchanged since the last run, skipped" in result.stdout
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[n.stem for n in NOTEBOOKS])
-def test_notebook_outputs_match_nbval(smoke_study, notebook):
+@pytest.fixture(scope="module")
+def nbval_results(smoke_study) -> dict[Path, subprocess.CompletedProcess]:
+    """nbval over every notebook against the smoke study, two notebooks at a time (as the runner
+    runs them: each in its own kernel, writing its own run folder)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     folder, _ = smoke_study
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval", str(notebook), "--nbval-current-env",
-         "--nbval-sanitize-with", str(REPO_ROOT / "tests" / "nbval_sanitize.cfg"),
-         "-p", "no:cacheprovider", "-q"],
-        env=runner.isolated_env(folder), capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
-    )
+
+    def check(notebook: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "--nbval", str(notebook), "--nbval-current-env",
+             "--nbval-sanitize-with", str(REPO_ROOT / "tests" / "nbval_sanitize.cfg"),
+             "-p", "no:cacheprovider", "-q"],
+            env=runner.isolated_env(folder), capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+        )
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(NOTEBOOKS, pool.map(check, NOTEBOOKS)))
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[n.stem for n in NOTEBOOKS])
+def test_notebook_outputs_match_nbval(nbval_results, notebook):
+    result = nbval_results[notebook]
     assert result.returncode == 0, result.stdout[-6000:]
 
 

@@ -306,31 +306,37 @@ def execute(run: PlannedRun, *, fingerprint: str, echo: Callable[[str], None] = 
     run_dir.mkdir(parents=True)
     output = run_dir / run.notebook.name
     log_path = run_dir / LOG_FILE
-    command = [
-        sys.executable, "-m", "papermill", str(run.notebook), str(output),
-        "-y", yaml.safe_dump(run.parameters), "--cwd", str(run.notebook.parent),
-        "--log-output", "--no-progress-bar", "--kernel", "python3",
-    ]
+    command = papermill_command(run, output)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     started = time.monotonic()
     status, message = "ok", ""
     prctl = _prctl()
     with open(log_path, "w", encoding="utf-8") as log:
-        # PR_SET_PDEATHSIG fires when the thread that started papermill ends: this one, which
-        # waits for it here
-        process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=env, start_new_session=True,
-            preexec_fn=functools.partial(_die_with, os.getpid(), prctl) if prctl else None,
-        )
-        _record(run, "running", "", 0.0, fingerprint, pid=process.pid)
-        pump = threading.Thread(target=_pump, args=(process.stdout, log, echo), daemon=True)
-        pump.start()
-        ended = _wait(process, run.timeout_s, stop)
-        if ended:
-            _kill_notebook(process.pid)
-        code = process.wait()
-        pump.join(timeout=10)
+        for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+            log.flush()
+            offset = os.fstat(log.fileno()).st_size  # this attempt's part of the log starts here
+            # PR_SET_PDEATHSIG fires when the thread that started papermill ends: this one, which
+            # waits for it here
+            process = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                env=env, start_new_session=True,
+                preexec_fn=functools.partial(_die_with, os.getpid(), prctl) if prctl else None,
+            )
+            _record(run, "running", "", 0.0, fingerprint, pid=process.pid)
+            pump = threading.Thread(target=_pump, args=(process.stdout, log, echo), daemon=True)
+            pump.start()
+            ended = _wait(process, max(run.timeout_s - (time.monotonic() - started), 1.0), stop)
+            if ended:
+                _kill_notebook(process.pid)
+            code = process.wait()
+            pump.join(timeout=10)
+            if ended or code == 0 or attempt == KERNEL_START_ATTEMPTS or not _kernel_never_started(log_path, offset):
+                break
+            note = (f"{run.name}: its kernel died before it started (a port taken by another kernel "
+                    f"starting at the same moment); starting it again ({attempt + 1} of {KERNEL_START_ATTEMPTS})")
+            echo(note)
+            print(note, file=log, flush=True)
+            time.sleep(attempt)
     seconds = time.monotonic() - started
     if ended == "timeout":
         status, message = "timeout", f"stopped after its time limit of {run.timeout_s} s"
@@ -342,6 +348,29 @@ def execute(run: PlannedRun, *, fingerprint: str, echo: Callable[[str], None] = 
         # a failed run must not leave metrics that the report would take for real results
         (run_dir / "metrics.json").unlink(missing_ok=True)
     return _record(run, status, message, seconds, fingerprint)
+
+
+def papermill_command(run: PlannedRun, output: Path) -> list[str]:
+    """The papermill command line that executes ``run``'s notebook into ``output``."""
+    return [
+        sys.executable, "-m", "papermill", str(run.notebook), str(output),
+        "-y", yaml.safe_dump(run.parameters), "--cwd", str(run.notebook.parent),
+        "--log-output", "--no-progress-bar", "--kernel", "python3",
+    ]
+
+
+KERNEL_START_ATTEMPTS = 3
+KERNEL_NEVER_STARTED = "Kernel died before replying to kernel_info"
+"""What papermill logs when its kernel exits before it can run a cell: e.g. two kernels started at
+the same moment picked the same free port (jupyter_client's TCP ports; ``Address already in use``)."""
+
+
+def _kernel_never_started(log_path: Path, offset: int = 0) -> bool:
+    """Did papermill fail because its kernel never came up (so nothing of the notebook ran)? Reads
+    the log from byte ``offset`` (where this attempt began)."""
+    with open(log_path, "rb") as log:
+        log.seek(offset)
+        return KERNEL_NEVER_STARTED.encode() in log.read()
 
 
 def missing_weights(run: PlannedRun, plan: Plan | None = None) -> str | None:

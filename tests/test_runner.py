@@ -1,6 +1,7 @@
 """The runner on tiny notebooks: failures and time-outs are reported and do not stop the others."""
 
 import json
+import sys
 from pathlib import Path
 
 import nbformat
@@ -141,3 +142,41 @@ def test_code_fingerprint_of_this_checkout_by_default():
     from helpers import paths
 
     assert runner.code_fingerprint() == runner.code_fingerprint(paths.REPO_ROOT)
+
+
+def _fake_papermill(tmp_path: Path, first_output: str) -> list[str]:
+    """A stand-in for papermill that prints ``first_output`` and fails on its first start, then
+    succeeds; it counts its starts in a file."""
+    script = tmp_path / "fake_papermill.py"
+    script.write_text(
+        "import sys\nfrom pathlib import Path\n"
+        f"count = Path({str(tmp_path / 'starts')!r})\n"
+        "n = int(count.read_text()) + 1 if count.exists() else 1\n"
+        "count.write_text(str(n))\n"
+        f"if n == 1:\n    print({first_output!r}, flush=True)\n    sys.exit(1)\n"
+        "print('Executing notebook with kernel: python3', flush=True)\n"
+    )
+    return [sys.executable, str(script)]
+
+
+def test_a_kernel_that_dies_before_it_starts_is_started_again(tmp_path, monkeypatch):
+    """Two kernels started at the same moment can pick the same free port ("Address already in
+    use"): papermill then fails before any cell ran, and the runner starts it again."""
+    command = _fake_papermill(tmp_path, "zmq.error.ZMQError: Address already in use\n"
+                              "RuntimeError: Kernel died before replying to kernel_info")
+    monkeypatch.setattr(runner, "papermill_command", lambda run, output: command)
+    lines: list[str] = []
+    outcome = runner.execute(_run(tmp_path, "flaky", "pass"), fingerprint="x", echo=lines.append)
+    assert outcome.status == "ok", outcome.message
+    assert (tmp_path / "starts").read_text() == "2"
+    assert any("its kernel died before it started" in line for line in lines)
+    log = (outcome.run_dir / "log.txt").read_text()
+    assert "Address already in use" in log and "starting it again (2 of 3)" in log
+
+
+def test_a_notebook_that_fails_otherwise_is_not_started_again(tmp_path, monkeypatch):
+    command = _fake_papermill(tmp_path, "ValueError: the data folder is empty")
+    monkeypatch.setattr(runner, "papermill_command", lambda run, output: command)
+    outcome = runner.execute(_run(tmp_path, "broken", "pass"), fingerprint="x", echo=lambda line: None)
+    assert outcome.status == "failed" and "the data folder is empty" in outcome.message
+    assert (tmp_path / "starts").read_text() == "1"

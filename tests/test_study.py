@@ -114,12 +114,17 @@ def nbval_results(smoke_study) -> dict[Path, subprocess.CompletedProcess]:
     folder, _ = smoke_study
 
     def check(notebook: Path) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "pytest", "--nbval", str(notebook), "--nbval-current-env",
-             "--nbval-sanitize-with", str(REPO_ROOT / "tests" / "nbval_sanitize.cfg"),
-             "-p", "no:cacheprovider", "-q"],
-            env=runner.isolated_env(folder), capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
-        )
+        for attempt in range(1, runner.KERNEL_START_ATTEMPTS + 1):
+            result = subprocess.run(
+                [sys.executable, "-m", "pytest", "--nbval", str(notebook), "--nbval-current-env",
+                 "--nbval-sanitize-with", str(REPO_ROOT / "tests" / "nbval_sanitize.cfg"),
+                 "-p", "no:cacheprovider", "-q"],
+                env=runner.isolated_env(folder), capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+            )
+            # two kernels started at once may pick the same port: start again, as the runner does
+            if result.returncode == 0 or runner.KERNEL_NEVER_STARTED not in result.stdout + result.stderr:
+                break
+        return result
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(zip(NOTEBOOKS, pool.map(check, NOTEBOOKS)))

@@ -69,23 +69,11 @@ def patient_of(refnum: str) -> str:
 
 def read_pgm_size(path: Path) -> tuple[int, int]:
     """(width, height) from a PGM header (P5 binary or P2 text); BadInputError if it is broken."""
+    from helpers.preprocessing.readers import netpbm_header
+
     with open(path, "rb") as handle:
         head = handle.read(1024)
-    tokens: list[bytes] = []
-    position = 0
-    while len(tokens) < 4 and position < len(head):
-        char = head[position:position + 1]
-        if char == b"#":  # a comment runs to the end of the line
-            end = head.find(b"\n", position)
-            position = len(head) if end < 0 else end + 1
-        elif char.isspace():
-            position += 1
-        else:
-            start = position
-            while position < len(head) and not head[position:position + 1].isspace() \
-                    and head[position:position + 1] != b"#":
-                position += 1
-            tokens.append(head[start:position])
+    tokens, position = netpbm_header(head)
     if len(tokens) < 4 or tokens[0] not in (b"P5", b"P2"):
         raise BadInputError(f"{path}: not a PGM file (header should be 'P5 <width> <height> <maxval>')")
     try:

@@ -114,11 +114,37 @@ def _unit(values: np.ndarray, max_value: int) -> np.ndarray:
     return values.astype(np.float32) / float(max_value)
 
 
+def netpbm_header(head: bytes) -> tuple[list[bytes], int]:
+    """The first four tokens of a netpbm header (magic number, width, height, maxval; ``#``
+    comments skipped) and the offset just after the last one; fewer tokens where it ends early."""
+    tokens: list[bytes] = []
+    position = 0
+    while len(tokens) < 4 and position < len(head):
+        char = head[position:position + 1]
+        if char == b"#":  # a comment runs to the end of the line
+            end = head.find(b"\n", position)
+            position = len(head) if end < 0 else end + 1
+        elif char.isspace():
+            position += 1
+        else:
+            start = position
+            while position < len(head) and not head[position:position + 1].isspace() \
+                    and head[position:position + 1] != b"#":
+                position += 1
+            tokens.append(head[start:position])
+    return tokens, position
+
+
 def _netpbm_maxval(data: bytes) -> int | None:
     """The maxval of a PGM/PPM header (P2, P3, P5, P6), None for bitmaps or a header not parsed."""
-    match = re.match(rb"P([2356])(?:\s+|#[^\n]*\n)+(\d+)(?:\s+|#[^\n]*\n)+(\d+)(?:\s+|#[^\n]*\n)+(\d+)\s",
-                     data[:1024])
-    return int(match.group(4)) if match else None
+    tokens, end = netpbm_header(data[:1024])
+    if len(tokens) < 4 or tokens[0] not in (b"P2", b"P3", b"P5", b"P6") or not data[end:end + 1].isspace():
+        return None
+    try:
+        int(tokens[1]), int(tokens[2])
+        return int(tokens[3])
+    except ValueError:
+        return None
 
 
 def _png_significant_bits(data: bytes) -> tuple[int, int] | None:

@@ -1,4 +1,5 @@
-"""Command line: ``python -m helpers run --profile {smoke,cpu,paper} [--only RUN ...]``;
+"""Command line: ``python -m helpers run --profile {smoke,cpu,paper} [--only RUN ...] [--dataset NAME
+--data-dir DIR] [--test-dataset NAME --test-data-dir DIR] [--split-file FILE]``;
 ``python -m helpers data {list,download,verify} NAME --to DIR``;
 ``python -m helpers weights {list,download} [BACKBONE ...]`` (ImageNet weights in Keras' cache)."""
 
@@ -13,14 +14,24 @@ if TYPE_CHECKING:
     from helpers.runner import RunOutcome
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser: ``run``, ``refresh-notebooks``, ``data`` and ``weights``."""
     parser = argparse.ArgumentParser(prog="python -m helpers", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the study plan (notebooks/study.yaml) with papermill")
     run.add_argument("--profile", default="cpu", help="smoke, cpu (default) or paper")
     run.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs of the plan")
-    run.add_argument("--dataset", help="dataset registry name, e.g. synthetic or cbis-sample")
-    run.add_argument("--data-dir", help="folder of the dataset on disk")
+    run.add_argument("--dataset", help="dataset registry name, e.g. synthetic or cbis-sample; several joined "
+                                        "by '+' are pooled (mias+inbreast)")
+    run.add_argument("--data-dir", action="append", metavar="DIR|NAME=DIR",
+                     help="folder of the dataset on disk; for a pooled dataset one NAME=DIR per dataset "
+                          "(--data-dir mias=DIR1 --data-dir inbreast=DIR2)")
+    run.add_argument("--test-dataset", metavar="NAME",
+                     help="an external test set: train and validate on --dataset, test on this dataset")
+    run.add_argument("--test-data-dir", action="append", metavar="DIR|NAME=DIR", help="folder of the test dataset")
+    run.add_argument("--split-file", metavar="FILE",
+                     help='your own patient assignment, JSON {"train": [...], "val": [...], "test": [...]} '
+                          "(with --test-dataset: train and val only)")
     run.add_argument("--suite", default="study",
                      help="which set of runs of the plan: study (default) or e.g. real-data")
     run.add_argument("--skip-bad", action="store_true",
@@ -42,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     weights = commands.add_parser("weights", help="ImageNet weights in Keras' cache: which are there, or download them")
     weights.add_argument("action", choices=("list", "download"))
     weights.add_argument("backbones", nargs="*", metavar="BACKBONE", help="registry names (default: all)")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
     except (KeyError, ValueError) as error:  # unknown profile or run, unreadable plan
@@ -57,9 +71,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         if args.dry_run:
             the_plan = plan.load_plan(args.plan)
-            for item in plan.planned_runs(args.profile, only=args.only, dataset=args.dataset,
-                                          data_dir=args.data_dir, suite=args.suite,
-                                          skip_bad=args.skip_bad, plan=the_plan):
+            for item in plan.planned_runs(args.profile, only=args.only, suite=args.suite,
+                                          skip_bad=args.skip_bad, plan=the_plan, **data_sources(args)):
                 print(f"{item.name}: {item.notebook.name} -> {item.run_dir} (limit {item.timeout_s} s)")
                 for key, value in item.parameters.items():
                     print(f"    {key} = {value!r}")
@@ -71,8 +84,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         signum = None
         try:
             outcomes, index = runner.run_plan(
-                args.profile, only=args.only, dataset=args.dataset, data_dir=args.data_dir,
-                suite=args.suite, skip_bad=args.skip_bad, force=args.force, jobs=args.jobs, plan_file=args.plan,
+                args.profile, only=args.only, suite=args.suite, skip_bad=args.skip_bad, force=args.force,
+                jobs=args.jobs, plan_file=args.plan, **data_sources(args),
             )
         except runner.StudyLocked as error:
             print(f"error: {error}", file=sys.stderr)
@@ -113,6 +126,16 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
     return 2
+
+
+def data_sources(args: argparse.Namespace) -> dict[str, object]:
+    """``run``'s data options as keyword arguments of :func:`helpers.plan.planned_runs`: the
+    repeated ``--data-dir`` / ``--test-data-dir`` values as one folder or ``{dataset: folder}``."""
+    from helpers import datasets
+
+    return {"dataset": args.dataset, "data_dir": datasets.parse_data_dirs(args.data_dir),
+            "test_dataset": args.test_dataset, "test_data_dir": datasets.parse_data_dirs(args.test_data_dir),
+            "split_file": args.split_file}
 
 
 def _print_summary(outcomes: list[RunOutcome], index: Path, signum: int | None) -> None:

@@ -16,7 +16,7 @@ import os
 import re
 import zlib
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import cv2
 import numpy as np
@@ -455,16 +455,132 @@ EMBEDDED_DATASETS: tuple[str, ...] = ("synthetic", "cbis-sample")
 """Datasets that need no download (generated, or shipped in a Python package)."""
 
 
-def load_with_exclusions(name: str, root: str | Path | None = None,
+POOL_SEPARATOR = "+"
+"""Joins registered datasets into one pooled dataset: ``mias+inbreast`` (paper 000 pools them)."""
+
+
+def pooled_names(name: str) -> list[str]:
+    """The registered datasets a dataset name stands for: ``["mias"]`` for ``mias``, one per part
+    of a ``+``-joined name (``mias+inbreast``). Unknown or repeated parts are errors naming them."""
+    names = [part.strip() for part in str(name).split(POOL_SEPARATOR)]
+    unknown = [part for part in names if part not in DATASETS]
+    if unknown:
+        where = f" in the pooled dataset {name!r}" if len(names) > 1 else ""
+        raise KeyError(f"unknown dataset {unknown[0]!r}{where}; known datasets: {sorted(DATASETS)}")
+    repeated = sorted({part for part in names if names.count(part) > 1})
+    if repeated:
+        raise ValueError(f"pooled dataset {name!r} names {repeated[0]!r} twice; pool a dataset once "
+                         f"(two folders of one dataset: one as the test dataset, --test-dataset)")
+    return names
+
+
+def member_folders(name: str, data_dir: str | Path | Mapping[str, str | Path | None] | None
+                   ) -> dict[str, str | None]:
+    """Each registered dataset of ``name`` with its folder (None: embedded, or not given).
+
+    ``data_dir`` is one folder for one dataset, or a mapping ``{dataset: folder}`` (the command
+    line's repeated ``--data-dir NAME=DIR``); a name in the mapping that is not in ``name``'s list,
+    or one folder for a pooled dataset, is an error naming both.
+    """
+    names = pooled_names(name)
+    if data_dir is None:
+        return dict.fromkeys(names)
+    if isinstance(data_dir, Mapping):
+        stray = [key for key in data_dir if key not in names]
+        if stray:
+            raise ValueError(f"a data folder is given for dataset {stray[0]!r} ({data_dir[stray[0]]}), which is "
+                             f"not in the dataset list {name!r} ({', '.join(names)})")
+        return {part: None if data_dir.get(part) is None else str(data_dir[part]) for part in names}
+    if len(names) > 1:
+        example = " ".join(f"--data-dir {part}=DIR" for part in names)
+        raise ValueError(f"the pooled dataset {name!r} needs a folder per dataset ({example}; in a lesson "
+                         f"DATA_DIR = {{{', '.join(repr(part) + ': DIR' for part in names)}}}), "
+                         f"not one folder {data_dir}")
+    return {names[0]: str(data_dir)}
+
+
+def parse_data_dirs(values: Iterable[str] | None) -> str | dict[str, str] | None:
+    """The command line's ``--data-dir`` values as a ``data_dir`` setting: None, one folder, or
+    ``{dataset: folder}`` from ``NAME=DIR`` values (repeat the flag, one per pooled dataset).
+
+    A value is ``NAME=DIR`` when the text before its first ``=`` holds no path separator; NAME must
+    be a registered dataset. One plain folder cannot be mixed with ``NAME=DIR`` values.
+    """
+    values = list(values or [])
+    if not values:
+        return None
+    named: dict[str, str] = {}
+    plain: list[str] = []
+    for value in values:
+        key, equals, folder = value.partition("=")
+        if equals and key and "/" not in key and os.sep not in key:
+            if key not in DATASETS:
+                raise KeyError(f"--data-dir {value}: unknown dataset {key!r}; known datasets: {sorted(DATASETS)}")
+            if key in named:
+                raise ValueError(f"--data-dir gives dataset {key!r} two folders ({named[key]}, {folder})")
+            named[key] = folder
+        else:
+            plain.append(value)
+    if plain and (named or len(plain) > 1):
+        raise ValueError(f"--data-dir: one plain folder is for one dataset; for several give each as NAME=DIR "
+                         f"(got {', '.join(values)})")
+    return plain[0] if plain else named
+
+
+def _pooled_ids(manifest: pd.DataFrame, name: str) -> pd.DataFrame:
+    """``manifest`` with its patient ids prefixed ``name:``, so that ids of pooled datasets stay distinct."""
+    return manifest.assign(patient_id=[f"{name}:{patient}" for patient in manifest["patient_id"]])
+
+
+def _load_pool(name: str, data_dir: Mapping[str, str | None] | str | None, **options) -> AdapterResult:
+    """Every dataset of the pooled ``name`` (``mias+inbreast``) in one manifest, patient ids
+    prefixed with their dataset's name (``mias:mias-P001``); the ``dataset`` column names each row's.
+
+    ``options`` for a pool: ``skip_bad`` (for every dataset that takes it), and each dataset's own
+    adapter options under its name (``synthetic={"n_patients": 8}``). Identical files across the
+    datasets (one image in two of them) are found like those within one.
+    """
+    names = pooled_names(name)
+    stray = sorted(set(options) - set(names) - {"skip_bad"})
+    if stray:
+        raise ValueError(f"option {stray[0]!r} for the pooled dataset {name!r}: give each dataset's options "
+                         f"under its name ({', '.join(f'{part}={{...}}' for part in names)}); only skip_bad is shared")
+    skip_bad = bool(options.get("skip_bad"))
+    folders = member_folders(name, data_dir)
+    unplaced = [member for member, folder in folders.items() if folder is None and member not in EMBEDDED_DATASETS]
+    if unplaced:
+        raise FileNotFoundError(f"the pooled dataset {name!r} needs the folder of {', '.join(unplaced)}: "
+                                + " ".join(f"--data-dir {member}=DIR" for member in unplaced)
+                                + " on the command line (in a lesson DATA_DIR = {"
+                                + ", ".join(f"{member!r}: DIR" for member in unplaced)
+                                + "}); data/README.md says how to obtain each dataset")
+    manifests, excluded = [], []
+    for member, folder in folders.items():
+        own = dict(options.get(member) or {})
+        if skip_bad and member not in EMBEDDED_DATASETS:
+            own.setdefault("skip_bad", True)
+        loaded = load_with_exclusions(member, folder, **own)
+        manifests.append(_pooled_ids(loaded.manifest, member))
+        excluded += loaded.excluded
+    source = f"pooled dataset {name!r}"
+    manifest = validate_manifest(pd.concat(manifests, ignore_index=True), source=source)
+    manifest = check_image_files(manifest, excluded, source=source, skip_bad=skip_bad)
+    return AdapterResult(manifest, excluded)
+
+
+def load_with_exclusions(name: str, root: str | Path | Mapping[str, str | Path | None] | None = None,
                          **options) -> AdapterResult:
     """The validated manifest of dataset ``name`` and what was deliberately left out.
 
     ``options`` go to the adapter (e.g. ``skip_bad=True`` to list bad files instead of failing).
     Every dataset's image files are then checked by :func:`check_image_files`: empty files and
-    identical copies (by content) are errors or listed exclusions, never kept silently.
+    identical copies (by content) are errors or listed exclusions, never kept silently. A pooled
+    ``name`` (``mias+inbreast``, folders ``{"mias": DIR1, "inbreast": DIR2}``) loads each dataset
+    (see :func:`_load_pool`).
     """
-    if name not in DATASETS:
-        raise KeyError(f"unknown dataset {name!r}; known datasets: {sorted(DATASETS)}")
+    if len(pooled_names(name)) > 1:
+        return _load_pool(name, root, **options)
+    root = member_folders(name, root)[name]
     if root is None and name not in EMBEDDED_DATASETS:
         raise FileNotFoundError(f"dataset {name!r} is not embedded: give its folder (DATA_DIR in a "
                                 f"notebook, --data-dir on the command line); data/README.md says "
@@ -481,8 +597,10 @@ def load_with_exclusions(name: str, root: str | Path | None = None,
     return AdapterResult(manifest, excluded)
 
 
-def load(name: str, root: str | Path | None = None, **options) -> pd.DataFrame:
-    """The validated manifest of dataset ``name`` (a key of ``DATASETS``) found in ``root``.
+def load(name: str, root: str | Path | Mapping[str, str | Path | None] | None = None,
+         **options) -> pd.DataFrame:
+    """The validated manifest of dataset ``name`` (a key of ``DATASETS``, or several joined by
+    ``+``: see :func:`load_with_exclusions`) found in ``root``.
 
     What the adapter left out is in ``manifest.attrs["excluded"]`` (list of (item, reason));
     :func:`load_with_exclusions` returns it explicitly.

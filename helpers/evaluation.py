@@ -19,6 +19,13 @@ Conventions used throughout:
 - Patient level: a patient's probabilities are the mean over their images, and their true class is
   the highest class index among their images. With classes ordered from least to most severe
   (``["benign", "malignant"]``) a patient is malignant if any of their images is.
+- Per class (``per_class`` at each level): precision, recall, F1 and support of every class, and
+  their ``"macro avg"`` (unweighted mean over the classes) and ``"weighted avg"`` (weighted by
+  support), as scikit-learn's ``classification_report``. A class's value that the data leave
+  undefined (precision of a class never predicted, recall of a class absent from the test set) is
+  NaN, as above, and so is an average over it; a class with support 0 carries no weight in the
+  weighted average. ``zero_division=0`` counts undefined values as 0 instead, as
+  ``classification_report(zero_division=0)`` does (and as its default prints, with a warning).
 
 Figures are ``matplotlib`` figures that are not left open in pyplot: they show in a notebook when
 returned or displayed, never twice, and never pile up in scripts.
@@ -39,16 +46,19 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from sklearn.metrics import roc_curve
+from sklearn.metrics import precision_recall_fscore_support, roc_curve
 
 from helpers.figures import new_figure
 
 from helpers.paths import atomic_path, write_text_atomic
 
-METRICS_SCHEMA_VERSION: int = 2
+METRICS_SCHEMA_VERSION: int = 3
 """Version 2 adds ``environment`` (Keras backend, library versions, device: ``helpers.backend``);
-version 1 files, which lack it, are still read."""
+version 3 adds ``per_class`` at each level (per-class precision, recall, F1, support, and their
+macro and weighted averages). Files of earlier versions, which lack them, are still read."""
 METRIC_NAMES = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
+PER_CLASS_KEYS = ("precision", "recall", "f1", "support")
+AVERAGES = ("macro avg", "weighted avg")
 
 RUN_KEYS = (
     "name", "notebook", "profile", "study", "dataset", "task", "classes", "backbone", "head",
@@ -196,11 +206,14 @@ def bootstrap_ci(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    groups: Sequence[str] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap interval of each metric, resampling cases with replacement.
 
-    Resamples where a metric is undefined are left out of its interval; ``(nan, nan)`` if all
-    are (or if ``n_boot`` is 0). The same seed gives the same intervals.
+    With ``groups`` (e.g. each image's patient) whole groups are resampled, a case counting as
+    often as its group is drawn (a clustered bootstrap, as :func:`paired_bootstrap`): images of
+    one patient are not independent. Resamples where a metric is undefined are left out of its
+    interval; ``(nan, nan)`` if all are (or if ``n_boot`` is 0). The same seed gives the same intervals.
     """
     labels, prob, _ = _check_inputs(y_true, y_prob, class_names)
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
@@ -208,14 +221,22 @@ def bootstrap_ci(
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be between 0 and 1, got {level!r}")
     n_cases = labels.size
+    index = np.arange(n_cases)  # the group of each case: itself, or its patient with ``groups``
+    if groups is not None:
+        ids = np.asarray(groups).astype(str)
+        if ids.size != n_cases:
+            raise ValueError(f"groups ({ids.size}) and y_true ({n_cases}) differ in length")
+        index = np.unique(ids, return_inverse=True)[1].ravel()
+    n_groups = int(index.max()) + 1
     rng = np.random.default_rng(seed)
-    chunk = max(1, _BOOTSTRAP_CELLS // n_cases)
+    chunk = max(1, _BOOTSTRAP_CELLS // max(n_cases, n_groups))
     parts: dict[str, list[np.ndarray]] = {name: [] for name in METRIC_NAMES}
     for start in range(0, int(n_boot), chunk):
         size = min(chunk, int(n_boot) - start)
-        draws = rng.integers(0, n_cases, size=(size, n_cases))
-        flat = (draws + n_cases * np.arange(size)[:, None]).ravel()
-        weights = np.bincount(flat, minlength=size * n_cases).reshape(size, n_cases).astype(np.float64)
+        draws = rng.integers(0, n_groups, size=(size, n_groups))
+        flat = (draws + n_groups * np.arange(size)[:, None]).ravel()
+        counts = np.bincount(flat, minlength=size * n_groups).reshape(size, n_groups).astype(np.float64)
+        weights = counts[:, index]
         for name, values in _weighted_metrics(weights, labels, prob).items():
             parts[name].append(values)
     tail = 100.0 * (1.0 - level) / 2.0
@@ -257,11 +278,81 @@ def aggregate_by_patient(
     return patient_true, sums / counts[:, None], [str(p) for p in patients]
 
 
+def _average(values: np.ndarray, weights: np.ndarray) -> float:
+    """Weighted mean over the classes with weight > 0; NaN if any of those values is NaN."""
+    used = weights > 0
+    if not used.any() or np.isnan(values[used]).any():
+        return math.nan
+    return float(np.sum(values[used] * weights[used]) / np.sum(weights[used]))
+
+
+def per_class_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str], *, zero_division: float = math.nan
+) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support of each class, then ``"macro avg"`` and ``"weighted avg"``.
+
+    ``{class: {"precision", "recall", "f1", "support"}, ..., "macro avg": {...}, "weighted avg":
+    {...}}`` (scikit-learn's ``classification_report(output_dict=True)`` without its "accuracy"
+    entry). ``zero_division`` is what an undefined value becomes: NaN (the default, see the module
+    notes; an average over a NaN is NaN) or 0 (scikit-learn's printed convention).
+    """
+    names = _check_class_names(class_names)
+    clash = sorted(set(names) & set(AVERAGES))
+    if clash:
+        raise ValueError(f"class_names {names}: {clash} would collide with the per-class averages' keys")
+    if not (math.isnan(zero_division) or zero_division in (0.0, 1.0)):
+        raise ValueError(f"zero_division must be NaN, 0 or 1, got {zero_division!r}")
+    labels = _check_labels(y_true, len(names), "y_true")
+    predicted = _check_labels(y_pred, len(names), "y_pred")
+    if predicted.size != labels.size:
+        raise ValueError(f"y_true has {labels.size} cases but y_pred has {predicted.size}")
+    columns = precision_recall_fscore_support(labels, predicted, labels=list(range(len(names))), average=None,
+                                              zero_division=np.nan if math.isnan(zero_division) else zero_division)
+    precision, recall, f1, support = (np.asarray(column, dtype=np.float64) for column in columns)
+    block: dict[str, dict[str, float]] = {
+        name: {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
+               "support": int(support[c])}
+        for c, name in enumerate(names)
+    }
+    for average, weights in (("macro avg", np.ones(len(names))), ("weighted avg", support)):
+        block[average] = {"precision": _average(precision, weights), "recall": _average(recall, weights),
+                          "f1": _average(f1, weights), "support": int(support.sum())}
+    return block
+
+
+def majority_baseline(support: Mapping[str, int], *, zero_division: float = math.nan) -> dict[str, Any]:
+    """What always predicting the most frequent class scores on test cases with this class support.
+
+    ``support`` maps class names to case counts, in the class order (for two classes the second is
+    the positive class); ties go to the first. Returns ``{"majority_class", "majority_share",
+    "accuracy", "per_class"}``, ``per_class`` as :func:`per_class_metrics` with ``zero_division``.
+    The never-predicted classes' precision is undefined (NaN), so with the default NaN the
+    precisions' averages are NaN too; ``zero_division=0`` gives scikit-learn's printed figures.
+    """
+    if not isinstance(support, Mapping) or len(support) < 2:
+        raise ValueError(f"support must map at least two class names to case counts, got {support!r}")
+    counts = []
+    for name, count in support.items():
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+            raise ValueError(f"support[{name!r}] must be a count of cases (an integer >= 0), got {count!r}")
+        counts.append(int(count))
+    total = sum(counts)
+    if total == 0:
+        raise ValueError(f"support {dict(support)} has no cases")
+    names = [str(name) for name in support]
+    majority = int(np.argmax(counts))
+    y_true = np.repeat(np.arange(len(counts)), counts)
+    return {"majority_class": names[majority], "majority_share": counts[majority] / total,
+            "accuracy": counts[majority] / total,
+            "per_class": per_class_metrics(y_true, np.full(total, majority), names, zero_division=zero_division)}
+
+
 def _level_summary(
-    y_true: np.ndarray, y_prob: np.ndarray, names: list[str], n_boot: int, seed: int, level: float
+    y_true: np.ndarray, y_prob: np.ndarray, names: list[str], n_boot: int, seed: int, level: float,
+    groups: Sequence[str] | None = None,
 ) -> dict:
     values = compute_metrics(y_true, y_prob, names)
-    intervals = bootstrap_ci(y_true, y_prob, names, n_boot=n_boot, seed=seed, level=level)
+    intervals = bootstrap_ci(y_true, y_prob, names, n_boot=n_boot, seed=seed, level=level, groups=groups)
     summary: dict[str, Any] = {
         name: {"value": values[name], "ci_low": intervals[name][0], "ci_high": intervals[name][1]}
         for name in METRIC_NAMES
@@ -271,6 +362,7 @@ def _level_summary(
     summary["n"] = int(y_true.size)
     summary["confusion_matrix"] = cells.reshape(n_classes, n_classes).tolist()
     summary["class_names"] = list(names)
+    summary["per_class"] = per_class_metrics(y_true, y_prob.argmax(axis=1), names)
     return summary
 
 
@@ -361,18 +453,24 @@ def evaluate(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    groups: Sequence[str] | None = None,
 ) -> dict:
     """Metrics with confidence intervals at image level and, given ``patient_ids``, patient level.
 
+    With ``groups`` (usually ``patient_ids``) the image-level intervals resample whole groups
+    (:func:`bootstrap_ci`), and ``bootstrap.clustered`` is true.
+
     Returns ``{"image_level": {metric: {"value", "ci_low", "ci_high"}, ..., "n", "confusion_matrix",
-    "class_names"}, "patient_level": same shape or None, "bootstrap": {"n_boot", "seed", "level"}}``.
-    The confusion matrix has true classes as rows and predicted classes as columns.
+    "class_names", "per_class"}, "patient_level": same shape or None, "bootstrap": {"n_boot", "seed",
+    "level"}}``. The confusion matrix has true classes as rows and predicted classes as columns;
+    ``per_class`` is :func:`per_class_metrics` of the arg-max predictions (no intervals).
     """
     labels, prob, names = _check_inputs(y_true, y_prob, class_names)
     result = {
-        "image_level": _level_summary(labels, prob, names, n_boot, seed, level),
+        "image_level": _level_summary(labels, prob, names, n_boot, seed, level, groups),
         "patient_level": None,
-        "bootstrap": {"n_boot": int(n_boot), "seed": int(seed), "level": float(level)},
+        "bootstrap": {"n_boot": int(n_boot), "seed": int(seed), "level": float(level),
+                      **({"clustered": True} if groups is not None else {})},
     }
     if patient_ids is not None:
         patient_true, patient_prob, _ = aggregate_by_patient(labels, prob, patient_ids)
@@ -433,6 +531,72 @@ def plot_confusion_matrices(y_true: np.ndarray, predictions: Mapping[str, np.nda
         _draw_confusion(ax, labels, predicted, names, normalise=False, title=model, colour_bar=False)
     if title:
         fig.suptitle(title, fontsize=10)
+    return fig
+
+
+_BAR_COLOURS = {"precision": "tab:blue", "recall": "tab:orange", "f1": "tab:green"}
+
+
+def _per_class_blocks(per_class: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """``{model: block}`` from one ``per_class`` block or a mapping of models to blocks."""
+    if not isinstance(per_class, Mapping) or not per_class:
+        raise ValueError("per_class must be a per_class block (from evaluate) or a mapping of models to blocks")
+    blocks = {"": per_class} if all(average in per_class for average in AVERAGES) else dict(per_class)
+    for model, block in blocks.items():
+        if not isinstance(block, Mapping) or not all(average in block for average in AVERAGES):
+            where = f"per_class[{model!r}]" if model else "per_class"
+            raise ValueError(f"{where} is not a per_class block: it needs {' and '.join(AVERAGES)} "
+                             "(metrics.json before schema 3 has none)")
+    return blocks
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def plot_per_class(per_class: Mapping[str, Any], *, title: str = "") -> Figure:
+    """Precision, recall and F1 as bars, one panel per class and one per average (paper 000's
+    Figure 8: benign, malignant, both together); each panel's title gives its support.
+
+    ``per_class`` is one ``per_class`` block (``evaluate(...)["image_level"]["per_class"]`` or from
+    metrics.json), or a mapping of model names to such blocks, drawn as one group of bars each.
+    An undefined value (NaN, or ``null`` in metrics.json) has no bar and is marked ``n/a``.
+    """
+    blocks = _per_class_blocks(per_class)
+    panels = list(dict.fromkeys(name for block in blocks.values() for name in block if name not in AVERAGES))
+    panels += list(AVERAGES)
+    if len(blocks) <= 3:  # panels side by side
+        fig = new_figure(figsize=(1.2 + (1.2 + 0.5 * len(blocks)) * len(panels), 3.4))
+        axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    else:  # many models: panels one above the other, models along a shared x axis
+        fig = new_figure(figsize=(2.0 + 0.4 * len(blocks), 1.0 + 2.0 * len(panels)))
+        axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    width = 0.8 / len(_BAR_COLOURS)
+    for ax, panel in zip(axes, panels):
+        supports = {int(block[panel]["support"]) for block in blocks.values() if panel in block}
+        ax.set_title(panel + (f" (n={supports.pop()})" if len(supports) == 1 else ""), fontsize=8)
+        for x, block in enumerate(blocks.values()):
+            if panel not in block:  # that model's task has no such class
+                continue
+            for k, (metric, colour) in enumerate(_BAR_COLOURS.items()):
+                value, where = _number(block[panel][metric]), x + (k - 1) * width
+                if math.isnan(value):
+                    ax.text(where, 0.02, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color=colour)
+                    continue
+                ax.bar(where, value, width, color=colour)
+                if len(blocks) <= 3:  # few bars: their values, so that a 0 shows too
+                    ax.text(where, value + 0.01, f"{value:.2f}", ha="center", va="bottom", fontsize=6)
+        if len(blocks) > 1:
+            ax.set_xticks(range(len(blocks)), list(blocks), rotation=60, ha="right", fontsize=7)
+        else:
+            ax.set_xticks([])
+        ax.set_xlim(-0.5, len(blocks) - 0.5)
+        ax.set_ylim(0, 1.08)
+        ax.tick_params(axis="y", labelsize=7)
+    axes[0].set_ylabel("score on the test split", fontsize=8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colour) for colour in _BAR_COLOURS.values()]
+    fig.legend(handles, ["precision", "recall", "F1"], fontsize=7, loc="outside right upper")
+    fig.suptitle(title or "Per class: precision, recall and F1", fontsize=10)
     return fig
 
 
@@ -540,7 +704,7 @@ def save_figure(fig: Figure, path: Path, *, dpi: int = 100) -> Path:
 # metrics.json
 # --------------------------------------------------------------------------------------------
 
-def _missing_level_keys(level: Any, prefix: str) -> list[str]:
+def _missing_level_keys(level: Any, prefix: str, version: int = METRICS_SCHEMA_VERSION) -> list[str]:
     if not isinstance(level, Mapping):
         return [f"{prefix} (must be an object)"]
     missing = [f"{prefix}.{key}" for key in LEVEL_KEYS if key not in level]
@@ -550,11 +714,29 @@ def _missing_level_keys(level: Any, prefix: str) -> list[str]:
             missing.append(f"{prefix}.{name} (must be an object)")
         elif isinstance(entry, Mapping):
             missing += [f"{prefix}.{name}.{key}" for key in METRIC_ENTRY_KEYS if key not in entry]
+    if version >= 3:
+        missing += _missing_per_class_keys(level, f"{prefix}.per_class")
     return missing
 
 
-def _missing_keys(record: Any) -> list[str]:
-    """Required keys absent from a metrics record, as dotted paths."""
+def _missing_per_class_keys(level: Mapping, prefix: str) -> list[str]:
+    """``per_class`` needs an entry for each of the level's classes and for each average."""
+    block = level.get("per_class")
+    if not isinstance(block, Mapping):
+        return [prefix if block is None else f"{prefix} (must be an object)"]
+    names = level.get("class_names")
+    missing = []
+    for name in [*(names if isinstance(names, list) else []), *AVERAGES]:
+        entry = block.get(name)
+        if not isinstance(entry, Mapping):
+            missing.append(f"{prefix}.{name}" + ("" if entry is None else " (must be an object)"))
+        else:
+            missing += [f"{prefix}.{name}.{key}" for key in PER_CLASS_KEYS if key not in entry]
+    return missing
+
+
+def _missing_keys(record: Any, version: int = METRICS_SCHEMA_VERSION) -> list[str]:
+    """Required keys absent from a metrics record (of schema ``version``), as dotted paths."""
     if not isinstance(record, Mapping):
         return ["(the record must be an object)"]
     missing = []
@@ -566,9 +748,9 @@ def _missing_keys(record: Any) -> list[str]:
     if "image_level" not in record:
         missing.append("image_level")
     else:
-        missing += _missing_level_keys(record["image_level"], "image_level")
+        missing += _missing_level_keys(record["image_level"], "image_level", version)
     if record.get("patient_level") is not None:
-        missing += _missing_level_keys(record["patient_level"], "patient_level")
+        missing += _missing_level_keys(record["patient_level"], "patient_level", version)
     return missing
 
 
@@ -637,7 +819,8 @@ def write_metrics_json(path: Path, record: dict) -> Path:
 def read_metrics_json(path: Path) -> dict:
     """Read a ``metrics.json``; ValueError naming the file if it is not valid or not supported.
 
-    Undefined metrics come back as ``None`` (JSON ``null``).
+    Undefined metrics come back as ``None`` (JSON ``null``). Files of schema 1 and 2 have no
+    ``environment`` (1) and no ``per_class`` (1, 2); readers must allow for that.
     """
     path = Path(path)
     try:
@@ -656,7 +839,7 @@ def read_metrics_json(path: Path) -> dict:
             f"{path}: schema_version {version} is newer than this code reads ({METRICS_SCHEMA_VERSION}); "
             "update the helpers package"
         )
-    missing = _missing_keys(record)
+    missing = _missing_keys(record, version)
     if version >= 2 and "environment" not in record:
         missing.append("environment")
     if missing:

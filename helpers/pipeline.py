@@ -6,10 +6,11 @@ models, training, evaluation), so that notebook cells stay one line each.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -42,21 +43,108 @@ def dataset_options(settings: RunSettings) -> dict[str, Any]:
     return options
 
 
-def load_manifest(settings: RunSettings) -> pd.DataFrame:
-    """The dataset's manifest restricted to the task's classes, with a `target` column.
+TEST_PREFIX = "test:"
+"""Prefix of an external test set's patient ids (``test:mias-P001``). No patient id of the training
+data may start with it, so that the patients of the two can never share an id (the same dataset
+in two folders included)."""
+TRAINING, TEST = "training", "test"
+"""Values of the ``source`` column an external test set adds: which dataset a row comes from."""
 
-    What was left out on the way (by the adapter, or for want of a lesson position when ROI
-    patches are asked for) is in ``manifest.attrs["excluded"]`` as (item, reason) pairs.
+
+def test_dataset_options(settings: RunSettings) -> dict[str, Any]:
+    """The external test dataset's adapter options: the run's when it is the same dataset (another
+    folder of it), else only ``skip_bad`` (for the papers' datasets)."""
+    if settings.test_dataset == settings.dataset:
+        return dataset_options(settings)
+    names = datasets.pooled_names(settings.test_dataset)
+    if settings.skip_bad and not set(names) <= set(datasets.EMBEDDED_DATASETS):
+        return {"skip_bad": True}
+    return {}
+
+
+def _task_rows(manifest: pd.DataFrame, task: str) -> pd.DataFrame:
+    """The rows of ``task``'s labels with their ``target`` class (none need be left)."""
+    mapping = datasets.TASKS[task]
+    rows = manifest[manifest["label"].isin(list(mapping))].copy()
+    rows["target"] = rows["label"].map(mapping)
+    return rows.reset_index(drop=True)
+
+
+def load_task_data(settings: RunSettings) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """The task's rows of the dataset (every dataset of a ``+``-joined pool), with their ``target``,
+    and what the adapters left out. A dataset of a pool that gives the task no image is an error
+    naming it (a class missing from one of them is fine).
+
+    With an external test set (``settings.test_dataset``) its task rows follow, their patient ids
+    prefixed :data:`TEST_PREFIX` and a ``source`` column telling the two apart; an image found in
+    both (same content) is an error, or with ``skip_bad`` left out and listed. That both have each
+    of the task's classes is checked once ROI rules have been applied (:func:`check_test_classes`).
     """
     loaded = datasets.load_with_exclusions(settings.dataset, settings.data_dir, **dataset_options(settings))
     manifest = datasets.select_task(loaded.manifest, settings.task)
     excluded = list(loaded.excluded)
+    members = datasets.pooled_names(settings.dataset)
+    idle = [name for name in members if len(members) > 1 and not manifest["dataset"].eq(name).any()]
+    if idle:
+        found = {name: sorted(set(loaded.manifest.loc[loaded.manifest["dataset"] == name, "label"])) for name in idle}
+        raise ValueError(f"pooled dataset {settings.dataset!r}: {', '.join(idle)} give(s) no image to task "
+                         f"{settings.task!r} (labels found: "
+                         + "; ".join(f"{name}: {', '.join(labels) or 'none'}" for name, labels in found.items())
+                         + f"); the task uses {sorted(datasets.TASKS[settings.task])}")
+    if settings.test_dataset is None:
+        return manifest, excluded
+    clash = sorted(p for p in set(manifest["patient_id"]) if str(p).startswith(TEST_PREFIX))
+    if clash:
+        raise ValueError(f"dataset {settings.dataset!r}: patient id {clash[0]!r} starts with {TEST_PREFIX!r}, "
+                         f"which marks the test dataset's patients")
+    test = datasets.load_with_exclusions(settings.test_dataset, settings.test_data_dir, **test_dataset_options(settings))
+    test_rows = _task_rows(test.manifest, settings.task)
+    test_rows["patient_id"] = [f"{TEST_PREFIX}{patient}" for patient in test_rows["patient_id"]]
+    combined = pd.concat([manifest.assign(source=TRAINING), test_rows.assign(source=TEST)], ignore_index=True)
+    excluded += test.excluded
+    combined = datasets.check_image_files(combined, excluded, skip_bad=settings.skip_bad,
+                                          source=f"dataset {settings.dataset!r} and test dataset "
+                                                 f"{settings.test_dataset!r} ({settings.test_data_dir})")
+    return combined, excluded
+
+
+def check_test_classes(settings: RunSettings, manifest: pd.DataFrame) -> None:
+    """With an external test set, each of the task's classes must be in the training data and in
+    the test set (after what was left out): otherwise a ValueError naming the dataset and the
+    classes it lacks. Nothing changes the task silently."""
+    if settings.test_dataset is None:
+        return
+    classes = sorted(set(datasets.TASKS[settings.task].values()))
+    for role, name, folder in ((TRAINING, settings.dataset, settings.data_dir),
+                               (TEST, settings.test_dataset, settings.test_data_dir)):
+        found = set(manifest.loc[manifest["source"] == role, "target"])
+        missing = [c for c in classes if c not in found]
+        if missing:
+            what = "test dataset" if role == TEST else "dataset"
+            raise ValueError(f"{what} {name!r} ({folder or 'embedded'}) has no image of class(es) {missing} of task "
+                             f"{settings.task!r} (it has {sorted(found) or 'none'}, after what was left out: "
+                             f"{len(manifest.attrs.get('excluded', []))} item(s) listed); test on a dataset with "
+                             f"each of {classes}, or choose a task both have")
+
+
+def load_manifest(settings: RunSettings) -> pd.DataFrame:
+    """The dataset's manifest restricted to the task's classes, with a `target` column: every
+    dataset of a pool, and an external test set's rows after the others (:func:`load_task_data`).
+
+    What was left out on the way (by the adapter, or for want of a lesion position when ROI
+    patches are asked for) is in ``manifest.attrs["excluded"]`` as (item, reason) pairs. With ROI
+    patches, each lesion-free row gets a patch radius drawn from its dataset's lesion radii and a
+    position seed from the run seed (:func:`helpers.preprocessing.assign_normal_radii`), so normal
+    patches are drawn like lesion patches.
+    """
+    manifest, excluded = load_task_data(settings)
     if uses_roi_patches(settings, manifest):
-        # a lesion patch needs the lesion's position; a normal image gets a breast-centred patch
+        # a lesion patch needs the lesion's position; a normal image's patch is drawn like one
         unplaced = manifest["roi"].eq("") & manifest["label"].ne("normal")
         excluded += [(path, f"{label} image without lesion coordinates: no ROI patch can be cut")
                      for path, label in zip(manifest.loc[unplaced, "image_path"], manifest.loc[unplaced, "label"])]
         manifest = manifest[~unplaced].reset_index(drop=True)
+        manifest = preprocessing.assign_normal_radii(manifest, settings.seed)
     manifest.attrs["excluded"] = excluded
     return manifest
 
@@ -78,9 +166,30 @@ def class_names_for(manifest: pd.DataFrame) -> list[str]:
 
 
 def split_file_for(settings: RunSettings, manifest: pd.DataFrame) -> Path:
+    """Where the run's split is kept: the user's ``split_file``, else a file in the cache named by
+    the dataset, task, seed and data (an external test set's: the training data's train/val split)."""
+    if settings.split_file is not None:
+        return Path(settings.split_file)
+    part = ""
+    if settings.split == "external":
+        manifest, part = manifest[manifest["source"] == TRAINING], "trainval-"
     key = splits.manifest_fingerprint(manifest)
-    name = f"{settings.dataset}-{settings.task}-seed{settings.seed}-{key[:10]}.json"
+    name = f"{settings.dataset}-{settings.task}-seed{settings.seed}-{part}{key[:10]}.json"
     return paths.cache_dir() / "splits" / name
+
+
+def external_split(settings: RunSettings, manifest: pd.DataFrame, split_file: Path) -> pd.DataFrame:
+    """Split "external": the training data's patients in train and val (the user's split file, or
+    a seeded, stratified draw by patient saved to ``split_file``), every test-set image in test."""
+    training = manifest[manifest["source"] == TRAINING]
+    if settings.split_file is not None:
+        training = splits.user_split(split_file, training, test_dataset=settings.test_dataset)
+    else:
+        training = splits.make_or_load_split(training, split_file, test_size=0.0, val_size=settings.val_size,
+                                             seed=settings.seed)
+    result = pd.concat([training, manifest[manifest["source"] == TEST].assign(split="test")], ignore_index=True)
+    splits.check_no_leakage(result)
+    return result
 
 
 def split_manifest(settings: RunSettings, manifest: pd.DataFrame, split_file: Path) -> pd.DataFrame:
@@ -89,7 +198,17 @@ def split_manifest(settings: RunSettings, manifest: pd.DataFrame, split_file: Pa
     "patient": a seeded, stratified patient-level split saved to ``split_file`` and reloaded on
     later runs. "by-magnification": the same, then test keeps only 40X images and train/val the
     others (paper 004). "official": CBIS-DDSM's own train/test split, val carved from train.
+    "external": train/val from the dataset, test the external test set (:func:`external_split`).
+    "file": the user's split file (``split_file``), checked against the manifest.
+    "cv": fold 1 of the run's patient-grouped k-fold cross-validation (:func:`cv_folds`); the
+    lesson's single-split steps read it as one held-out split, :func:`cross_validate` uses every fold.
     """
+    if settings.split == "cv":
+        return cv_folds(settings, manifest)[0].apply(manifest)
+    if settings.split == "external":
+        return external_split(settings, manifest, split_file)
+    if settings.split == "file":
+        return splits.user_split(split_file, manifest)
     if settings.split == "official":
         from helpers.adapters import cbis_ddsm
 
@@ -105,6 +224,7 @@ def split_manifest(settings: RunSettings, manifest: pd.DataFrame, split_file: Pa
 def prepare_data(settings: RunSettings, *, progress: bool = True, on_error: str = "raise") -> PreparedData:
     """Load the manifest, split it by patient (saved JSON, leak-checked), prepare cached arrays."""
     manifest = load_manifest(settings)
+    check_test_classes(settings, manifest)
     excluded = list(manifest.attrs.get("excluded", []))
     split_file = split_file_for(settings, manifest)
     manifest = split_manifest(settings, manifest, split_file)
@@ -117,6 +237,8 @@ def prepare_data(settings: RunSettings, *, progress: bool = True, on_error: str 
         progress=progress,
     )
     kept = prepared.manifest.reset_index(drop=True)
+    if settings.split == "cv" and len(kept) < len(manifest):  # images were skipped: fold the kept ones
+        kept = split_manifest(settings, kept, split_file)
     splits.check_no_leakage(kept)
     class_names = class_names_for(kept)
     index = {name: i for i, name in enumerate(class_names)}
@@ -127,6 +249,9 @@ def prepare_data(settings: RunSettings, *, progress: bool = True, on_error: str 
         y[split] = kept.loc[mask, "target"].map(index).to_numpy(dtype=np.int64)
         patients[split] = kept.loc[mask, "patient_id"].to_numpy()
         if len(y[split]) == 0:
+            if split == "test" and settings.test_dataset is not None:
+                raise ValueError(f"the test dataset {settings.test_dataset!r} ({settings.test_data_dir}) "
+                                 f"has no usable image for task {settings.task!r}")
             raise ValueError(f"the {split} split of {settings.dataset} is empty: use more patients")
     return PreparedData(
         settings=settings,
@@ -154,6 +279,17 @@ def left_out(data: PreparedData) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["item", "stage", "reason"])
 
 
+def data_sources(manifest: pd.DataFrame) -> list[dict[str, Any]]:
+    """Images and patients per dataset and role ("training": train and val, or every split;
+    "test": an external test set), in the order the data was loaded."""
+    roles = manifest["source"] if "source" in manifest.columns else pd.Series(TRAINING, index=manifest.index)
+    rows = []
+    for (role, name), part in manifest.groupby([roles, manifest["dataset"]], sort=False):
+        rows.append({"role": role, "dataset": name, "images": int(len(part)),
+                     "patients": int(part["patient_id"].nunique())})
+    return rows
+
+
 def run_record(
     settings: RunSettings,
     data: PreparedData,
@@ -172,7 +308,12 @@ def run_record(
         "profile": settings.profile,
         "study": settings.study,
         "dataset": settings.dataset,
+        "data_dir": settings.data_dir,
         "dataset_options": settings.dataset_options,
+        "test_dataset": settings.test_dataset,
+        "test_data_dir": settings.test_data_dir,
+        "split_file": settings.split_file,
+        "data_sources": data_sources(data.manifest),
         "data_fingerprint": splits.manifest_fingerprint(data.manifest),
         "task": settings.task,
         "classes": data.class_names,
@@ -191,6 +332,8 @@ def run_record(
         "offline_expansion": settings.offline_expansion,
         "fine_tune_epochs": settings.fine_tune_epochs,
         "split": settings.split,
+        "cv_folds": settings.cv_folds,
+        "cv_repeats": settings.cv_repeats,
         "image_size": list(settings.image_size),
         "use_roi": settings.use_roi,
         "epochs": settings.epochs,
@@ -273,19 +416,31 @@ def train_model(settings: RunSettings, model: "keras.Model", data: PreparedData,
     else:
         augmenter = make_augmenter(settings)
         x_train, y_train = training_arrays(settings, data, augmenter)
+    history = fit_classifier(settings, trained, x_train, y_train, x_val, data.y["val"], run_dir,
+                             augmenter=augmenter, verbose=verbose)
+    save_network(settings, model, run_dir)
+    return history
+
+
+def fit_classifier(settings: RunSettings, trained: "keras.Model", x_train: np.ndarray, y_train: np.ndarray,
+                   x_val: np.ndarray, y_val: np.ndarray, run_dir: Path | str, *, augmenter=None,
+                   verbose: int | str = 2) -> pd.DataFrame:
+    """Compile ``trained`` (a whole model, or the head on cached features) with the recipe's
+    optimiser and loss and fit it with class weights, the best-``val_loss`` weights kept and the
+    optional fine-tuning phase; the history (also ``history.csv`` in ``run_dir``)."""
+    from helpers import training
+
     training.compile_classifier(trained, optimiser=settings.optimiser, learning_rate=settings.learning_rate,
                                 loss=settings.loss, weight_decay=settings.weight_decay,
                                 momentum=0.9 if settings.momentum is None else settings.momentum,
                                 jit_compile=settings.jit_compile,
                                 run_eagerly=settings.run_eagerly)
-    history = training.train(trained, x_train, y_train, x_val, data.y["val"],
+    return training.train(trained, x_train, y_train, x_val, y_val,
                           epochs=settings.epochs, batch_size=settings.batch_size, run_dir=Path(run_dir),
                           seed=settings.seed, class_weight=training.class_weights(y_train),
                           augment=augmenter, fine_tune_epochs=settings.fine_tune_epochs,
                           fine_tune_learning_rate=settings.fine_tune_learning_rate, verbose=verbose,
                           save_model=False)
-    save_network(settings, model, run_dir)
-    return history
 
 
 HEAD_WEIGHTS_FILE = "head.weights.h5"
@@ -376,11 +531,33 @@ def metrics_table(results: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["level", "metric"]).round(3)
 
 
+def per_class_table(results: dict[str, Any]) -> pd.DataFrame:
+    """Per-class precision, recall, F1 and support, then the macro and support-weighted averages
+    (as scikit-learn's classification_report), per image and per patient, rounded for display."""
+    rows = []
+    for level in ("image_level", "patient_level"):
+        block = (results.get(level) or {}).get("per_class")
+        if not block:
+            continue
+        for name in [*results[level]["class_names"], *evaluation.AVERAGES]:
+            rows.append({"level": level.replace("_", " "), "class": name,
+                         **{key: block[name][key] for key in evaluation.PER_CLASS_KEYS}})
+    if not rows:
+        raise ValueError("results have no per_class block (evaluate() adds it; metrics.json before schema 3 lacks it)")
+    table = pd.DataFrame(rows).set_index(["level", "class"])
+    return table.astype({"precision": "float64", "recall": "float64", "f1": "float64"}).round(3)
+
+
 def figure_title(settings: RunSettings, what: str) -> str:
     """A figure title that says what is shown and which data, weights and profile produced it."""
     from helpers.models import describe_weights
 
-    return (f"{settings.backbone}: {what}\n{settings.dataset} data, {settings.profile} profile\n"
+    from helpers.reporting import data_named
+
+    data = data_named({"dataset": settings.dataset, "test_dataset": settings.test_dataset,
+                       "split_file": settings.split_file, "split": settings.split,
+                       "cv_folds": settings.cv_folds, "cv_repeats": settings.cv_repeats})
+    return (f"{settings.backbone}: {what}\n{data} data, {settings.profile} profile\n"
             f"weights: {describe_weights(settings.weights)}, normalisation: {settings.normalisation}")
 
 
@@ -413,6 +590,261 @@ def compared_entry(results: dict[str, Any], **about: Any) -> dict[str, Any]:
     """One entry of metrics.json's optional ``compared`` block: another model measured on the same
     test split in the same run (``about`` says what it is: backbone, classifier, ...)."""
     return {**about, "image_level": results["image_level"], "patient_level": results.get("patient_level")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Split "cv": patient-grouped k-fold cross-validation
+# ---------------------------------------------------------------------------------------------
+
+CV_FIGURE = "cv_folds.png"
+FOLDS_FILE = "folds.json"
+
+
+def cv_folds(settings: RunSettings, manifest: pd.DataFrame) -> list[splits.Fold]:
+    """The run's folds: ``settings.cv_folds`` patient-grouped, stratified folds, ``settings.cv_repeats``
+    times (seeds ``seed``, ``seed + 1``, ...), validation carved by patient (``settings.val_size``)."""
+    return splits.cross_validation_folds(manifest, n_folds=settings.cv_folds, repeats=settings.cv_repeats,
+                                         seed=settings.seed, val_size=settings.val_size, dataset=settings.dataset)
+
+
+@dataclass
+class CrossValidation:
+    """A run's cross-validation (:func:`cross_validate`): per-fold metrics, their mean and SD, and
+    the metrics of the pooled out-of-fold predictions."""
+
+    folds: list[dict[str, Any]]  # per (repeat, fold): patients and images per split, metrics per level
+    mean: dict[str, dict[str, float]]  # level -> metric -> mean over the folds (where defined)
+    sd: dict[str, dict[str, float]]    # level -> metric -> sample SD over the folds (where defined)
+    pooled: dict[str, Any]       # evaluate() of the out-of-fold predictions, CIs over whole patients
+    y_true: np.ndarray           # every image of the run, in manifest order
+    y_prob: np.ndarray           # its out-of-fold probabilities (the mean over repeats)
+    patients: np.ndarray
+    images: list[str]
+    n_folds: int
+    repeats: int
+    seeds: list[int]
+
+    def block(self) -> dict[str, Any]:
+        """metrics.json's ``cross_validation`` block."""
+        return {"method": "StratifiedGroupKFold by patient, stratified by the patient's class",
+                "k": self.n_folds, "repeats": self.repeats, "seeds": self.seeds,
+                "n_images": int(len(self.y_true)), "n_patients": int(len(set(self.patients))),
+                "folds": self.folds, "mean": self.mean, "sd": self.sd,
+                "pooled": "out-of-fold: each image predicted by the fold that held it out (mean over repeats)"}
+
+    def results(self) -> dict[str, Any]:
+        """What metrics.json records: the pooled out-of-fold metrics as the run's headline
+        ``image_level``/``patient_level``, and the ``cross_validation`` block."""
+        return {**self.pooled, "cross_validation": self.block()}
+
+
+def _in_manifest_order(data: PreparedData, parts: dict[str, np.ndarray]) -> np.ndarray:
+    """Per-split arrays (``data.x``, or features of them) as one array in ``data.manifest``'s row order."""
+    first = parts[splits.SPLITS[0]]
+    whole = np.empty((len(data.manifest), *first.shape[1:]), dtype=first.dtype)
+    for split in splits.SPLITS:
+        whole[(data.manifest["split"] == split).to_numpy()] = parts[split]
+    return whole
+
+
+def _fold_data(data: PreparedData, fold: splits.Fold, images: np.ndarray, y: np.ndarray) -> PreparedData:
+    """``data`` with one fold's split: its manifest, arrays, classes and patients per split."""
+    from dataclasses import replace
+
+    manifest = fold.apply(data.manifest)
+    masks = {split: fold.split == split for split in splits.SPLITS}
+    patients = manifest["patient_id"].to_numpy()
+    return replace(data, manifest=manifest, x={s: images[m] for s, m in masks.items()},
+                   y={s: y[m] for s, m in masks.items()}, patients={s: patients[m] for s, m in masks.items()})
+
+
+def _fold_row(fold: splits.Fold, patients: np.ndarray, results: dict[str, Any]) -> dict[str, Any]:
+    """One fold's row of the ``cross_validation`` block: its patients and images, its metrics."""
+    row: dict[str, Any] = {"repeat": fold.repeat, "fold": fold.fold, "seed": fold.seed}
+    for split in splits.SPLITS:
+        mask = fold.split == split
+        row[f"n_{split}"] = int(mask.sum())
+        row[f"patients_{split}"] = int(len(set(patients[mask])))
+    for level in ("image_level", "patient_level"):
+        row[level] = {name: results[level][name]["value"] for name in evaluation.METRIC_NAMES}
+    return row
+
+
+def cross_validate(settings: RunSettings, data: PreparedData, run_dir: Path | str, *,
+                   verbose: int | str = 0, progress: bool = True) -> CrossValidation:
+    """Train and test one model per fold and repeat (:func:`cv_folds`) over every image of ``data``.
+
+    Each fold's model is trained as lesson 3 does (:func:`fold_trainer`; its history in
+    ``run_dir/fold_<k>``) and tested on the fold's own patients. Writes ``predictions.csv`` (the
+    pooled out-of-fold predictions) and ``folds.json`` (each fold's test patients) into ``run_dir``;
+    one line per fold with ``progress``.
+    """
+    if settings.split != "cv":
+        raise ValueError(f"cross_validate needs split 'cv'; this run's split is {settings.split!r}")
+    run_dir = Path(run_dir)
+    folds = cv_folds(settings, data.manifest)
+    names = data.class_names
+    y = data.manifest["target"].map({name: i for i, name in enumerate(names)}).to_numpy(dtype=np.int64)
+    patients = data.manifest["patient_id"].to_numpy()
+    train_and_predict = fold_trainer(settings, data, y, verbose=verbose)
+    rows, summed = [], np.zeros((len(y), len(names)))
+    for fold in folds:
+        test = fold.split == "test"
+        y_prob = train_and_predict(fold, run_dir / fold.name)
+        summed[test] += y_prob
+        results = evaluation.evaluate(y[test], y_prob, names, patient_ids=patients[test], n_boot=0,
+                                      seed=settings.seed)
+        rows.append(_fold_row(fold, patients, results))
+        if progress:
+            print(f"{fold.name} (repeat {fold.repeat}/{settings.cv_repeats}, fold {fold.fold}/{settings.cv_folds}): "
+                  f"{int(test.sum())} test images of {rows[-1]['patients_test']} patients, "
+                  f"AUC {rows[-1]['image_level']['roc_auc']:.3f}")
+    y_prob = summed / settings.cv_repeats  # every image is tested once per repeat
+    pooled = evaluation.evaluate(y, y_prob, names, patient_ids=patients, n_boot=settings.n_boot,
+                                 seed=settings.seed, groups=patients)
+    mean, sd = _fold_mean_sd(rows)
+    cv = CrossValidation(folds=rows, mean=mean, sd=sd, pooled=pooled, y_true=y, y_prob=y_prob,
+                         patients=patients, images=[Path(p).name for p in data.manifest["image_path"]],
+                         n_folds=settings.cv_folds, repeats=settings.cv_repeats,
+                         seeds=sorted({fold.seed for fold in folds}))
+    evaluation.write_predictions(run_dir / evaluation.PREDICTIONS_FILE, y, y_prob, names, images=cv.images,
+                                 patient_ids=patients)
+    tested = [{"repeat": f.repeat, "fold": f.fold, "seed": f.seed,
+               "test_patients": sorted(set(patients[f.split == "test"]))} for f in folds]
+    paths.write_text_atomic(run_dir / FOLDS_FILE, json.dumps({"k": cv.n_folds, "repeats": cv.repeats,
+                                                              "folds": tested}, indent=2) + "\n")
+    return cv
+
+
+def fold_trainer(settings: RunSettings, data: PreparedData, y: np.ndarray, *,
+                 verbose: int | str = 0) -> Callable[[splits.Fold, Path], np.ndarray]:
+    """``train_and_predict(fold, folder)``: one fold's model trained on its train split (best
+    ``val_loss`` on its val split) and its test split's class probabilities. ``y``: every image's
+    class index, in manifest order.
+
+    Without ``cache_features``: :func:`build_model` and :func:`train_model` on the fold, exactly as
+    lesson 3. With it (a frozen base): the base's features are computed once for all images and
+    each fold trains the head from the same initial weights; a frozen *random* base with batch norm
+    gets its statistics from each fold's training images, so its features are computed per fold
+    (a base without batch norm, VGG, needs them once).
+    """
+    from helpers import training
+
+    batch = settings.batch_size
+    if not settings.cache_features:
+        images = _in_manifest_order(data, data.x)
+
+        def train_whole(fold: splits.Fold, folder: Path) -> np.ndarray:
+            fold_data = _fold_data(data, fold, images, y)
+            model = build_model(settings, fold_data)
+            train_model(settings, model, fold_data, folder, verbose=verbose)
+            return training.predict_proba(model, fold_data.x["test"], batch_size=batch)
+
+        return train_whole
+    model = build_model(settings, data)
+    base, head = training.split_at_backbone(model)
+    start = head.get_weights()
+    per_fold = settings.weights is None and _has_batch_norm(base)
+    images = _in_manifest_order(data, data.x) if per_fold else None
+    features = None if per_fold else _in_manifest_order(
+        data, {split: training.predict_batches(base, data.x[split], batch_size=batch) for split in splits.SPLITS})
+
+    def train_head(fold: splits.Fold, folder: Path) -> np.ndarray:
+        train, val, test = (fold.split == split for split in splits.SPLITS)
+        x = features
+        if per_fold:  # random features: batch norm from this fold's training images
+            training.calibrate_batch_norm(base, images[train], batch_size=batch)
+            x = training.predict_batches(base, images, batch_size=batch)
+        head.set_weights(start)
+        fit_classifier(settings, head, x[train], y[train], x[val], y[val], folder, verbose=verbose)
+        save_network(settings, model, folder)
+        return training.predict_proba(head, x[test], batch_size=batch)
+
+    return train_head
+
+
+def _has_batch_norm(model: "keras.Model") -> bool:
+    """Does ``model`` (or a model nested in it) have a batch-normalisation layer?"""
+    from helpers import backend  # noqa: F401  (imports Keras quietly)
+    import keras
+
+    from helpers.models import all_layers
+
+    return any(isinstance(layer, keras.layers.BatchNormalization) for layer in all_layers(model))
+
+
+def _fold_mean_sd(rows: list[dict[str, Any]]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Mean and sample SD (ddof 1) of each metric over the folds where it is defined (NaN: none, or one for the SD)."""
+    mean: dict[str, dict[str, float]] = {}
+    sd: dict[str, dict[str, float]] = {}
+    for level in ("image_level", "patient_level"):
+        mean[level], sd[level] = {}, {}
+        for name in evaluation.METRIC_NAMES:
+            values = np.array([row[level][name] for row in rows], dtype=np.float64)
+            values = values[~np.isnan(values)]
+            mean[level][name] = float(values.mean()) if values.size else float("nan")
+            sd[level][name] = float(values.std(ddof=1)) if values.size > 1 else float("nan")
+    return mean, sd
+
+
+def cv_fold_table(cv: CrossValidation) -> pd.DataFrame:
+    """One row per fold: its patients per split, test images, and test accuracy, F1 and AUC per image
+    and per patient."""
+    rows = []
+    for row in cv.folds:
+        entry = {"repeat": row["repeat"], "fold": row["fold"],
+                 "patients (train/val/test)": f"{row['patients_train']}/{row['patients_val']}/{row['patients_test']}",
+                 "test images": row["n_test"]}
+        for level, short in (("image_level", "image"), ("patient_level", "patient")):
+            entry.update({f"{short} {name}": row[level][name] for name in ("accuracy", "f1", "roc_auc")})
+        rows.append(entry)
+    return pd.DataFrame(rows).set_index(["repeat", "fold"]).round(3)
+
+
+def cv_summary_table(cv: CrossValidation) -> pd.DataFrame:
+    """Per level and metric: mean and SD over the folds, and the pooled out-of-fold value with its
+    95 % patient-clustered bootstrap interval."""
+    rows = []
+    for level in ("image_level", "patient_level"):
+        for name in evaluation.METRIC_NAMES:
+            entry = cv.pooled[level][name]
+            rows.append({"level": level.replace("_", " "), "metric": name, "fold mean": cv.mean[level][name],
+                         "fold SD": cv.sd[level][name], "pooled": entry["value"],
+                         "pooled ci_low": entry["ci_low"], "pooled ci_high": entry["ci_high"]})
+    return pd.DataFrame(rows).set_index(["level", "metric"]).round(3)
+
+
+def plot_cross_validation(cv: CrossValidation, *, title: str = ""):
+    """Test ROC AUC of each fold (points, a colour per repeat) with the folds' mean +- SD, and the
+    pooled out-of-fold AUC with its 95 % CI, per image and per patient."""
+    from helpers.figures import new_figure
+
+    fig = new_figure(figsize=(8.0, 2.8))
+    ax = fig.subplots()
+    levels = [("image_level", "per image"), ("patient_level", "per patient")]
+    for y_pos, (level, label) in zip((1.0, 0.0), levels):
+        for repeat in range(1, cv.repeats + 1):
+            values = [row[level]["roc_auc"] for row in cv.folds if row["repeat"] == repeat]
+            ax.plot(values, np.full(len(values), y_pos + 0.12), "o", alpha=0.7, color=f"C{repeat - 1}",
+                    label=f"folds (repeat {repeat})" if y_pos == 1.0 else None)
+        mean, sd = cv.mean[level]["roc_auc"], cv.sd[level]["roc_auc"]
+        if mean == mean:
+            ax.errorbar([mean], [y_pos], xerr=[[sd if sd == sd else 0.0]] * 2, fmt="s", color="black",
+                        capsize=4, label="mean +- SD over folds" if y_pos == 1.0 else None)
+        pooled = cv.pooled[level]["roc_auc"]
+        if pooled["value"] is not None and pooled["value"] == pooled["value"]:
+            low, high = pooled["ci_low"], pooled["ci_high"]
+            error = [[pooled["value"] - low], [high - pooled["value"]]] if low == low and high == high else None
+            ax.errorbar([pooled["value"]], [y_pos - 0.12], xerr=error, fmt="D", color="tab:red", capsize=4,
+                        label="pooled out-of-fold (95 % CI)" if y_pos == 1.0 else None)
+    ax.axvline(0.5, color="grey", linestyle=":", linewidth=1)
+    ax.set_yticks([1.0, 0.0], [label for _, label in levels])
+    ax.set_ylim(-0.5, 1.5)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlabel(f"test ROC AUC ({cv.n_folds} folds x {cv.repeats} repeat(s), patient-grouped)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title(title or "Cross-validation", fontsize=9)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------

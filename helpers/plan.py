@@ -12,7 +12,8 @@ value (``None`` names nothing, so the layer below shows through):
 
 After the merge, named steps adapt it (:data:`ADAPTATIONS`): weights, the input size's aspect
 ratio, the backbone (its minimum input size, the fusion's own head, frozen-base feature caching),
-and the settings derived from others where no layer names them (normalisation, split). Where a
+the data sources (a pooled dataset's folders, an external test set, a split file), and the
+settings derived from others where no layer names them (normalisation, split). Where a
 step changes what a layer asked for, it says so in ``scaled_down``.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -33,7 +35,11 @@ DEFAULT_SUITE = "study"
 LAYERS = ("defaults", "recipe", "profile", "run", "explicit")
 PROFILE_ONLY_KEYS = ("description", "timeout_s", "scaled_down", "jobs", "baseline_freeze")
 """Profile keys that are not settings of a run: what the profile is and how the runner runs it."""
-SPLIT_METHODS = ("patient", "by-magnification", "official")
+SPLIT_METHODS = ("patient", "by-magnification", "official", "cv", "external", "file")
+"""How images are split (``split``); "cv": patient-grouped k-fold cross-validation (``cv_folds`` folds,
+``cv_repeats`` times with seeds ``seed``, ``seed + 1``, ...; see :func:`helpers.splits.cross_validation_folds`);
+"external": train and val from the dataset, test the whole ``test_dataset``; "file": the patients of
+``split_file`` (derived when those are set)."""
 FUSION = "resnet50+alexnet"  # paper 003's fusion network as a run's "backbone" (helpers.models.FUSION_NAME)
 RANDOM_WEIGHTS = ("none", "None", "null")
 """Values of ``weights`` (``WEIGHTS`` in a lesson) that mean random initial weights."""
@@ -79,9 +85,12 @@ class RunSettings:
     profile: str
     study: str
     backbone: str | None
-    dataset: str
-    data_dir: str | None
+    dataset: str  # a registered dataset, or several joined by "+" (pooled: "mias+inbreast")
+    data_dir: str | dict[str, str] | None  # its folder; a pooled dataset's: {dataset: folder}
     dataset_options: dict[str, Any]
+    test_dataset: str | None  # an external test set: train and val from `dataset`, test on this one
+    test_data_dir: str | dict[str, str] | None
+    split_file: str | None  # a user's own patient assignment (JSON), e.g. a published split
     task: str
     use_roi: bool
     preset: str
@@ -107,6 +116,8 @@ class RunSettings:
     momentum: float | None
     weight_decay: float | None
     split: str  # one of SPLIT_METHODS
+    cv_folds: int  # split "cv": the number of folds (k)
+    cv_repeats: int  # split "cv": how many times the k folds are drawn (seeds seed, seed + 1, ...)
     run_eagerly: bool  # no graph tracing: faster for runs of a few steps (smoke)
     jit_compile: bool | str  # XLA: "auto" pays off on a GPU, not on a CPU
     normalisation: str  # the model's first layer: "imagenet" (the backbone's own) or the paper's
@@ -349,6 +360,44 @@ def adapt_to_backbone(values: dict[str, Any], sources: dict[str, str], recipe: A
         values["augmentation"], sources["augmentation"] = "none", "backbone"
 
 
+def adapt_data_sources(values: dict[str, Any], sources: dict[str, str], recipe: Any) -> None:
+    """Where the data comes from: each registered dataset of ``dataset`` (``+``-joined: pooled)
+    with its folder (``data_dir``: one folder for one dataset, ``{dataset: folder}`` for a pool);
+    the same for ``test_dataset``. An external test set makes the split "external", a split file
+    "file" (with a test set, the file assigns train and val); a split asked for that contradicts
+    them is an error naming both."""
+    from helpers import datasets
+
+    values["data_dir"] = _folders(datasets.member_folders(values["dataset"], values.get("data_dir")))
+    test, split_file, split = values.get("test_dataset"), values.get("split_file"), values.get("split")
+    if test is None and values.get("test_data_dir") is not None:
+        raise ValueError(f"test_data_dir {values['test_data_dir']} ({sources.get('test_data_dir')}) is given "
+                         f"without a test_dataset (--test-dataset NAME, TEST_DATASET in a lesson)")
+    if test is not None:
+        values["test_data_dir"] = _folders(datasets.member_folders(test, values.get("test_data_dir")))
+    if split_file is not None:
+        values["split_file"] = str(split_file)
+    follows = "external" if test is not None else "file" if split_file is not None else None
+    if split is None and follows:
+        values["split"], sources["split"] = follows, "derived"
+    elif follows and split != follows:
+        given = f"test_dataset {test!r}" if test is not None else f"split_file {split_file}"
+        raise ValueError(f"split {split!r} ({sources.get('split')}) cannot be used with {given}: its split is "
+                         f"{follows!r}" + (" (a split file then assigns train and val)" if test is not None else ""))
+    elif split in ("external", "file") and not follows:
+        raise ValueError(f"split {split!r} ({sources.get('split')}) needs "
+                         + ("a test_dataset (--test-dataset NAME)" if split == "external"
+                            else "a split_file (--split-file FILE)"))
+
+
+def _folders(folders: dict[str, str | None]) -> str | dict[str, str] | None:
+    """A ``data_dir`` setting from :func:`helpers.datasets.member_folders`: one dataset's folder
+    (or None), or a pool's ``{dataset: folder}`` of the datasets given one."""
+    if len(folders) == 1:
+        return next(iter(folders.values()))
+    return {name: folder for name, folder in folders.items() if folder is not None} or None
+
+
 def adapt_derived(values: dict[str, Any], sources: dict[str, str], recipe: Any) -> None:
     """Normalisation: the backbone's ImageNet convention with pretrained weights, else the
     preset's (the paper's). Split: by patient, except where the dataset or paper fixes it."""
@@ -361,10 +410,13 @@ def adapt_derived(values: dict[str, Any], sources: dict[str, str], recipe: Any) 
     if values.get("split") is None:
         sources["split"] = "derived"
     values["split"] = _split_method(values.get("split"), values["study"], values["dataset"])
+    if values["split"] == "cv" and (int(values["cv_folds"]) < 2 or int(values["cv_repeats"]) < 1):
+        raise ValueError(f"split 'cv' needs cv_folds >= 2 and cv_repeats >= 1, got cv_folds={values['cv_folds']} "
+                         f"({sources.get('cv_folds')}) and cv_repeats={values['cv_repeats']} ({sources.get('cv_repeats')})")
 
 
 ADAPTATIONS: tuple[Callable[[dict[str, Any], dict[str, str], Any], None], ...] = (
-    adapt_weights, adapt_recipe, adapt_to_backbone, adapt_derived,
+    adapt_weights, adapt_recipe, adapt_to_backbone, adapt_data_sources, adapt_derived,
 )
 """The named steps after the merge, in order."""
 
@@ -393,6 +445,9 @@ def settings_table(settings: RunSettings) -> "pd.DataFrame":
 
     items = settings.as_dict()
     origin = {**{key: "run" for key in IDENTITY}, "scaled_down": "profile", **settings.sources}
+    for key in ("data_dir", "test_data_dir"):  # a pool's folders: "mias=DIR1, inbreast=DIR2"
+        if isinstance(items.get(key), Mapping):
+            items[key] = ", ".join(f"{name}={folder}" for name, folder in items[key].items())
     return pd.DataFrame({"setting": list(items), "value": [str(v) for v in items.values()],
                          "from": [origin.get(key, "") for key in items]}).set_index("setting")
 
@@ -419,18 +474,50 @@ def suites(plan: Plan | None = None) -> list[str]:
 
 
 def output_name(profile: str, *, dataset: str | None = None, suite: str = DEFAULT_SUITE,
-                plan: Plan | None = None) -> str:
+                plan: Plan | None = None, test_dataset: str | None = None,
+                split_file: str | Path | None = None) -> str:
     """The folder under reports/ for a profile run on a dataset and suite.
 
     ``reports/<profile>`` for the default suite on the profile's own dataset; otherwise the
-    dataset and suite are added (``reports/cpu-mias-real-data``), so that results on other data
-    never mix with the profile's.
+    dataset, an external test set, a split file's name and the suite are added
+    (``reports/cpu-mias-real-data``, ``reports/cpu-cbis-ddsm-test-inbreast``,
+    ``reports/cpu-mias-split-published``), so that results on other data never mix with the profile's.
     """
     prof = get_profile(profile, plan)
-    if suite == DEFAULT_SUITE and dataset in (None, prof.get("dataset")):
+    if suite == DEFAULT_SUITE and dataset in (None, prof.get("dataset")) and not test_dataset and not split_file:
         return profile
     return "-".join([profile, dataset or str(prof.get("dataset") or "papers")]
+                    + (["test", test_dataset] if test_dataset else [])
+                    + (["split", re.sub(r"[^\w.+-]+", "_", Path(split_file).stem)] if split_file else [])
                     + ([] if suite == DEFAULT_SUITE else [suite]))
+
+
+def _resolved_folders(data_dir: str | Mapping[str, str] | None) -> str | dict[str, str] | None:
+    """A ``data_dir`` as the runs receive it: each folder absolute."""
+    if data_dir is None:
+        return None
+    if isinstance(data_dir, Mapping):
+        return {name: str(Path(folder).expanduser().resolve()) for name, folder in data_dir.items()}
+    return str(Path(data_dir).expanduser().resolve())
+
+
+def check_data_sources(dataset: str | None, data_dir: str | Mapping[str, str] | None,
+                       test_dataset: str | None, test_data_dir: str | Mapping[str, str] | None,
+                       split_file: str | Path | None) -> None:
+    """The command line's data sources checked before any run starts (a run's settings check them
+    again): datasets registered, each folder for a dataset of the list, a readable split file."""
+    from helpers import datasets, splits
+
+    if dataset is not None:
+        datasets.member_folders(dataset, data_dir)
+    elif isinstance(data_dir, Mapping):
+        raise ValueError("--data-dir NAME=DIR needs --dataset (the datasets NAME belongs to)")
+    if test_dataset is not None:
+        datasets.member_folders(test_dataset, test_data_dir)
+    elif test_data_dir is not None:
+        raise ValueError(f"--test-data-dir {test_data_dir} is given without --test-dataset NAME")
+    if split_file is not None:
+        splits.read_split_file(split_file)
 
 
 def planned_runs(
@@ -438,19 +525,30 @@ def planned_runs(
     *,
     only: list[str] | None = None,
     dataset: str | None = None,
-    data_dir: str | None = None,
+    data_dir: str | Mapping[str, str] | None = None,
     suite: str = DEFAULT_SUITE,
     skip_bad: bool = False,
     plan: Plan | None = None,
     reports_root: Path | None = None,
+    test_dataset: str | None = None,
+    test_data_dir: str | Mapping[str, str] | None = None,
+    split_file: str | Path | None = None,
 ) -> list[PlannedRun]:
-    """The runs of ``suite`` for ``profile`` with the parameters papermill will inject."""
+    """The runs of ``suite`` for ``profile`` with the parameters papermill will inject.
+
+    ``data_dir`` is one folder, or ``{dataset: folder}`` for a pooled ``dataset``; an external
+    test set (``test_dataset``, ``test_data_dir``) and a ``split_file`` reach every lesson whose
+    parameters cell has ``TEST_DATASET``, ``TEST_DATA_DIR``, ``SPLIT_FILE`` (lessons 1, 3, 4, 5),
+    checked first (:func:`check_data_sources`).
+    """
     plan = plan or load_plan()
+    check_data_sources(dataset, data_dir, test_dataset, test_data_dir, split_file)
     prof = get_profile(profile, plan)
     known_suites = suites(plan)
     if suite not in known_suites:
         raise KeyError(f"unknown suite {suite!r}; the plan {plan.source} has {known_suites}")
-    root = (reports_root or paths.reports_dir()) / output_name(profile, dataset=dataset, suite=suite, plan=plan)
+    root = (reports_root or paths.reports_dir()) / output_name(profile, dataset=dataset, suite=suite, plan=plan,
+                                                               test_dataset=test_dataset, split_file=split_file)
     in_suite = [run for run in plan.runs if suite in run.suites]
     known = [run.name for run in in_suite]
     if only:
@@ -475,7 +573,14 @@ def planned_runs(
         if dataset:
             parameters["DATASET"] = dataset
         if data_dir:
-            parameters["DATA_DIR"] = str(Path(data_dir).expanduser().resolve())
+            parameters["DATA_DIR"] = _resolved_folders(data_dir)
+        takes = set(notebook_parameters(plan.source.parent / run.notebook) or ())
+        if test_dataset and "TEST_DATASET" in takes:  # lessons that split the data take these
+            parameters["TEST_DATASET"] = test_dataset
+            if test_data_dir:
+                parameters["TEST_DATA_DIR"] = _resolved_folders(test_data_dir)
+        if split_file and "SPLIT_FILE" in takes:
+            parameters["SPLIT_FILE"] = str(Path(split_file).expanduser().resolve())
         if skip_bad and not run.after_all:
             parameters["SKIP_BAD"] = True
         if run.reuses:

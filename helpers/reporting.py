@@ -18,8 +18,9 @@ import pandas as pd
 from helpers import evaluation, paths
 from helpers.plan import get_profile
 
-FIGURES = ("history.png", "confusion_matrix.png", "roc.png")
+FIGURES = ("history.png", "confusion_matrix.png", "roc.png", "per_class.png", "cv_folds.png")
 _METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
+SCORES = ("precision", "recall", "f1")  # the figures a paper may average over its classes
 
 
 def profile_dir(profile: str, run_dir: str | Path | None = None) -> Path:
@@ -41,6 +42,21 @@ def collect_runs(folder: Path | str) -> list[dict[str, Any]]:
     return entries
 
 
+def data_named(run: dict[str, Any]) -> str:
+    """The data of a run record in a few words: its dataset (``mias+inbreast`` when pooled), an
+    external test set (``cbis-ddsm, tested on inbreast``), a user's split file and a
+    cross-validation (``mias, 5-fold cv by patient``)."""
+    named = str(run.get("dataset"))
+    if run.get("test_dataset"):
+        named += f", tested on {run['test_dataset']}"
+    if run.get("split_file"):
+        named += f", split {Path(run['split_file']).name}"
+    if run.get("split") == "cv":
+        repeats = int(run.get("cv_repeats") or 1)
+        named += f", {run.get('cv_folds', '?')}-fold cv by patient" + (f" x{repeats}" if repeats > 1 else "")
+    return named
+
+
 def results_table(entries: list[dict[str, Any]], level: str = "image_level") -> pd.DataFrame:
     """Our results: one row per run with metrics (value and 95 % CI) and their provenance."""
     rows = []
@@ -50,7 +66,7 @@ def results_table(entries: list[dict[str, Any]], level: str = "image_level") -> 
             continue
         run = metrics["run"]
         row = {
-            "run": entry["name"], "study": run.get("study"), "dataset": run.get("dataset"),
+            "run": entry["name"], "study": run.get("study"), "dataset": data_named(run),
             "task": run.get("task"), "backbone": run.get("backbone"), "weights": run.get("weights"),
             "normalisation": run.get("normalisation", "not recorded"),
             "optimiser": run.get("optimiser"), "classifier": run.get("classifier", "network"),
@@ -63,6 +79,46 @@ def results_table(entries: list[dict[str, Any]], level: str = "image_level") -> 
             row[f"{name}_ci"] = _ci(cell)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def per_class_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per run, level and class: precision, recall, F1 and support, then the macro and weighted
+    averages (as scikit-learn's classification_report). Runs whose metrics.json predates
+    schema 3 have no per-class figures and no rows."""
+    rows = []
+    for entry in entries:
+        metrics = entry["metrics"] or {}
+        for level in ("image_level", "patient_level"):
+            block = (metrics.get(level) or {}).get("per_class")
+            if not block:
+                continue
+            for name in [*metrics[level]["class_names"], *evaluation.AVERAGES]:
+                rows.append({"run": entry["name"], "level": level.replace("_", " "), "class": name,
+                             **{key: block[name][key] for key in evaluation.PER_CLASS_KEYS}})
+    columns = ["run", "level", "class", *evaluation.PER_CLASS_KEYS]
+    return pd.DataFrame(rows, columns=columns).astype({"precision": "float64", "recall": "float64", "f1": "float64"})
+
+
+def per_class_summary(entries: list[dict[str, Any]], metric: str = "f1", level: str = "image_level") -> pd.DataFrame:
+    """One row per run: ``metric`` (precision, recall or f1) of each class, then its macro and
+    weighted averages; a class the run's task does not have is empty."""
+    if metric not in SCORES:
+        raise ValueError(f"metric must be one of {SCORES}, got {metric!r}")
+    rows = [{"run": name, **{key: block[key][metric] for key in block}}
+            for name, block in per_class_blocks(entries, level).items()]
+    classes = list(dict.fromkeys(key for row in rows for key in row if key not in ("run", *evaluation.AVERAGES)))
+    return pd.DataFrame(rows, columns=["run", *classes, *evaluation.AVERAGES]).astype(
+        {key: "float64" for key in (*classes, *evaluation.AVERAGES)})
+
+
+def per_class_blocks(entries: list[dict[str, Any]], level: str = "image_level") -> dict[str, dict[str, Any]]:
+    """``{run: per_class block}`` of the runs that have one, for :func:`evaluation.plot_per_class`."""
+    blocks = {}
+    for entry in entries:
+        block = ((entry["metrics"] or {}).get(level) or {}).get("per_class")
+        if block:
+            blocks[entry["name"]] = block
+    return blocks
 
 
 def _ci(cell: dict[str, Any]) -> str:
@@ -94,14 +150,64 @@ def _matches(run: pd.Series, paper: pd.Series) -> bool:
     return (run.get("classifier") or "network") == theirs
 
 
+NOT_RECORDED_PER_CLASS = "not recorded (metrics.json before schema 3)"
+
+
+def averaged_scores(level: dict[str, Any] | None, averaging: str) -> tuple[dict[str, float | None], str]:
+    """Our precision, recall and F1 at one level, combined over the classes the way a paper does
+    (``studies.AVERAGING_METHODS``), and how they were combined. Where the paper's way is unknown
+    or it reports none, ours follow this project's convention: the positive class (the second)
+    for two classes, the macro average for more."""
+    level = level or {}
+    names, block = level.get("class_names") or [], level.get("per_class")
+    if averaging in ("weighted", "macro"):
+        key = f"{averaging} avg"
+    elif len(names) == 2:
+        key = names[1]
+    else:
+        key = "macro avg"
+    how = f"{key} (positive class)" if key in names else key.replace(" avg", "")
+    if averaging not in ("weighted", "macro", "binary"):
+        how = f"{how}: our convention"
+    if block:
+        return {name: block[key][name] for name in SCORES}, how
+    if key == ("macro avg" if len(names) > 2 else names[1] if names else None):  # old file: the top level is it
+        return {name: (level.get(name) or {}).get("value") for name in SCORES}, how
+    return {name: None for name in SCORES}, f"{how}: {NOT_RECORDED_PER_CLASS}"
+
+
+def _support(level: dict[str, Any] | None) -> dict[str, int] | None:
+    """The test split's class support from a level's per_class block (None before schema 3)."""
+    level = level or {}
+    block = level.get("per_class")
+    return {name: int(block[name]["support"]) for name in level["class_names"]} if block else None
+
+
+def _majority(support: dict[str, int] | None, averaging: str) -> dict[str, Any]:
+    """Accuracy and F1 (combined as ``averaging``) of always predicting the majority class."""
+    if not support or sum(support.values()) == 0:
+        return {"accuracy": None, "f1": None}
+    baseline = evaluation.majority_baseline(support)
+    level = {"class_names": list(support), "per_class": baseline["per_class"]}
+    f1 = averaged_scores(level, averaging)[0]["f1"] if averaging != "none" else None
+    return {"accuracy": baseline["accuracy"], "f1": f1}
+
+
 def comparison_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
     """Ours beside theirs: one row per (paper, backbone, classifier, optimiser) a paper reports,
     with the paper's numbers (their data) and ours (the run of the same recipe; n/a where the
-    plan has no such run, e.g. the papers' own small ConvNet)."""
+    plan has no such run, e.g. the papers' own small ConvNet).
+
+    Precision, recall and F1 are like for like: ours combined over the classes as the paper
+    combines its own (``paper_averaging``; e.g. paper 003's support-weighted averages), and
+    ``our_averaging`` says how ours were. ``*_majority_*``: what always predicting the majority
+    class scores (accuracy, and F1 combined the same way) on the paper's printed test support and
+    on our test split."""
     from helpers import studies
 
     reported = studies.reported_table()
     ours = results_table(entries)
+    levels = {entry["name"]: (entry["metrics"] or {}).get("image_level") for entry in entries}
     rows = []
     for _, paper in reported.iterrows():
         match = ours[[_matches(run, paper) for _, run in ours.iterrows()]] if not ours.empty else ours
@@ -109,21 +215,84 @@ def comparison_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
             match = match.assign(_random=match["weights"].str.startswith("random")).sort_values(
                 "_random", kind="stable")
         run = match.iloc[0] if len(match) else None
+        scoring = studies.get_study(paper["study"]).scoring
+        level = levels.get(run["run"]) if run is not None else None
+        scores, how = averaged_scores(level, paper["averaging"]) if run is not None else ({}, "")
+        theirs = _majority(dict(scoring.test_support) if scoring.test_support else None, paper["averaging"])
+        our_majority = _majority(_support(level), paper["averaging"]) if run is not None else {}
         rows.append({
             "paper": f"paper {paper['study']}", "backbone": paper["backbone"], "classifier": paper["classifier"],
             "optimiser": _text(paper["optimiser"]),
-            "paper_dataset": paper["dataset"], "paper_accuracy": paper["accuracy"],
-            "paper_f1": paper["f1"], "paper_auc": paper["auc"],
+            "paper_dataset": paper["dataset"], "paper_averaging": paper["averaging"],
+            "paper_accuracy": paper["accuracy"], "paper_precision": paper["precision"],
+            "paper_recall": paper["recall"], "paper_f1": paper["f1"], "paper_auc": paper["auc"],
+            "paper_majority_accuracy": theirs["accuracy"], "paper_majority_f1": theirs["f1"],
             "paper_source": f"{paper['slug']}, {paper['source']}",
             "our_run": run["run"] if run is not None else "",
             "our_data": f"{run['dataset']} ({run['task']}, {run['input']} px)" if run is not None else "",
             "our_weights": run["weights"] if run is not None else "",
             "our_accuracy": run["accuracy"] if run is not None else None,
             "our_accuracy_ci": run["accuracy_ci"] if run is not None else "",
-            "our_f1": run["f1"] if run is not None else None,
+            "our_averaging": how,
+            **{f"our_{name}": scores.get(name) for name in SCORES},
             "our_auc": run["roc_auc"] if run is not None else None,
+            "our_majority_accuracy": our_majority.get("accuracy"), "our_majority_f1": our_majority.get("f1"),
         })
     return pd.DataFrame(rows)
+
+
+def _support_text(support: dict[str, int]) -> str:
+    total = sum(support.values())
+    return ", ".join(f"{name} {count} ({count / total:.1%})" for name, count in support.items())
+
+
+def _baseline_row(paper: str, who: str, support: dict[str, int]) -> dict[str, Any]:
+    """Always predicting the majority class on ``support``; an undefined precision (of a class
+    never predicted) counted as 0, as scikit-learn's classification_report prints it."""
+    baseline = evaluation.majority_baseline(support, zero_division=0.0)
+    weighted, macro = baseline["per_class"]["weighted avg"], baseline["per_class"]["macro avg"]
+    return {"paper": paper, "who": who, "support": _support_text(support),
+            "model": f"always {baseline['majority_class']}", "accuracy": baseline["accuracy"],
+            "weighted_precision": weighted["precision"], "weighted_recall": weighted["recall"],
+            "weighted_f1": weighted["f1"], "macro_f1": macro["f1"]}
+
+
+BASELINE_COLUMNS = ["paper", "who", "support", "model", "accuracy", "weighted_precision", "weighted_recall",
+                    "weighted_f1", "macro_f1"]
+
+
+def majority_baseline_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
+    """For each paper that prints its test set's class support: its reported models, then what
+    always predicting the majority class scores on that support, and on our test split of each
+    of our runs of the same paper's recipe (a row per distinct split). Weighted figures are only
+    given for the paper's models where the paper reports weighted averages."""
+    from helpers import studies
+
+    rows = []
+    for key, study in studies.STUDIES.items():
+        support = study.scoring.test_support
+        if not support:
+            continue
+        paper = f"paper {key}"
+        weighted = study.scoring.averaging == "weighted"
+        for row in study.reported:
+            rows.append({"paper": paper, "who": f"paper (their data), {row.source}",
+                         "support": _support_text(dict(support)), "model": f"{row.backbone} {row.classifier}",
+                         "accuracy": row.accuracy, "weighted_precision": row.precision if weighted else None,
+                         "weighted_recall": row.recall if weighted else None,
+                         "weighted_f1": row.f1 if weighted else None, "macro_f1": row.macro_f1})
+        rows.append(_baseline_row(paper, "paper's printed test support", dict(support)))
+        splits: dict[tuple, list[str]] = {}
+        for entry in entries:
+            run = (entry["metrics"] or {}).get("run") or {}
+            ours = _support((entry["metrics"] or {}).get("image_level"))
+            if run.get("study") == key and ours:
+                splits.setdefault((data_named(run), str(run.get("task")), tuple(ours.items())),
+                                  []).append(entry["name"])
+        for (dataset, task, items), names in splits.items():
+            rows.append(_baseline_row(paper, f"our test split ({dataset}, {task}; runs {', '.join(names)})",
+                                      dict(items)))
+    return pd.DataFrame(rows, columns=BASELINE_COLUMNS)
 
 
 HYBRID_CLASSIFIERS = ("svm", "fusion")  # the papers' hybrids: paper 000's SVM, paper 003's fusion
@@ -142,7 +311,7 @@ def hybrid_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
             continue
         run = metrics["run"]
         studies_seen.add(run.get("study"))
-        data = f"{run.get('dataset')} ({run.get('task')}, {'x'.join(map(str, run.get('image_size', [])))} px)"
+        data = f"{data_named(run)} ({run.get('task')}, {'x'.join(map(str, run.get('image_size', [])))} px)"
         models = [({"backbone": run.get("backbone"), "classifier": run.get("classifier")}, metrics)]
         models += [(about, about) for about in metrics["compared"].values()]
         for about, block in models:
@@ -333,6 +502,43 @@ def transfer_title(entries: list[dict[str, Any]], profile: str) -> str:
             f"{datasets} data, {profile} profile, Keras backend {', '.join(backends)}")
 
 
+CV_HEADING = "Cross-validation (patient-grouped k-fold)"
+CV_NOTE = (
+    "Runs with split cv: one model per fold and repeat, each tested on its own fold's patients (none of "
+    "whom it trained or validated on). 'AUC over folds' is the mean +- SD of the folds' test AUCs "
+    "(image level): how far one split's number moves with the draw of patients. 'pooled AUC' is that of "
+    "the out-of-fold predictions of every image together, with a 95 % bootstrap CI over whole patients. "
+    "Where ImageNet weights could not be had the row says so, and nothing was substituted.")
+
+
+def cv_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per cross-validated run (split cv): backbone, weights, task, the image-level test AUC
+    as mean +- SD over the folds, the pooled out-of-fold AUC with its patient-clustered 95 % CI, and
+    the folds; a planned cv run that did not run (e.g. its ImageNet weights unavailable) says why."""
+    rows = []
+    for entry in entries:
+        metrics = entry["metrics"] or {}
+        block = metrics.get("cross_validation")
+        parameters = entry["status"].get("parameters") or {}
+        if block is None and parameters.get("SPLIT") != "cv":
+            continue
+        run = metrics.get("run") or {}
+        row = {"run": entry["name"], "backbone": run.get("backbone") or parameters.get("BACKBONE"),
+               "weights": run.get("weights") or parameters.get("WEIGHTS"),
+               "task": run.get("task") or parameters.get("TASK")}
+        if block is None:
+            status = entry["status"].get("status", "?")
+            rows.append({**row, "auc_over_folds": "weights unavailable" if status == "unavailable" else f"run {status}"})
+            continue
+        mean, sd = block["mean"]["image_level"]["roc_auc"], block["sd"]["image_level"]["roc_auc"]
+        pooled = metrics["image_level"]["roc_auc"]
+        rows.append({**row, "auc_over_folds": f"{_fmt(mean)} +- {_fmt(sd)}", "pooled_auc": pooled.get("value"),
+                     "pooled_95ci": _ci(pooled), "folds": f"{block['k']} x {block['repeats']}",
+                     "n": f"{block['n_images']} images, {block['n_patients']} patients"})
+    return pd.DataFrame(rows, columns=["run", "backbone", "weights", "task", "auc_over_folds", "pooled_auc",
+                                       "pooled_95ci", "folds", "n"])
+
+
 NOT_RECORDED = "not recorded"
 """The environment of a run whose metrics.json predates it (schema 1)."""
 
@@ -410,6 +616,23 @@ def left_out_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
     return merged[["run", "item", "stage", "reason"]]
 
 
+COMPARISON_HEADING = "Ours beside the papers': every (paper, backbone, classifier, optimiser) they report"
+COMPARISON_NOTE = (
+    "Precision, recall and F1 are compared like for like: paper_averaging is how the paper combines its "
+    "classes (binary: its positive class; macro; weighted: by class support, as paper 003's "
+    "classification reports; unknown where it does not say; none where it reports no such figure), "
+    "and our_averaging how ours in the same row were combined. paper_majority_* is what always "
+    "predicting the majority class scores on the paper's printed test support, our_majority_* on "
+    "our test split: a number near it says little.")
+BASELINE_HEADING = "Always predicting the majority class (papers that print their test support)"
+BASELINE_NOTE = (
+    "On imbalanced data a high accuracy or weighted average can come from the majority class alone. "
+    "Each paper's reported models, then what always predicting its majority class scores on the "
+    "paper's own test support and on our test split. The constant predictor's precision for a class it "
+    "never predicts is undefined and is counted as 0 here, as scikit-learn's classification_report "
+    "prints it. The papers' numbers are quoted as theirs, on their data.")
+
+
 def build_report(folder: Path | str, *, profile: str) -> Path:
     """Write ``index.md`` and ``index.html`` for the runs in ``folder``; return the HTML path."""
     folder = Path(folder)
@@ -432,6 +655,11 @@ def build_report(folder: Path | str, *, profile: str) -> Path:
     if not compare.empty:
         evaluation.save_figure(plot_comparison(compare, title=comparison_title(entries, profile)),
                                folder / "comparison.png")
+    blocks = per_class_blocks(entries)
+    if blocks:
+        evaluation.save_figure(evaluation.plot_per_class(blocks, title=f"Per class, image level, test split: "
+                                                         f"every run of the {profile} profile"),
+                               folder / "per_class.png")
     scaled = settings.get("scaled_down") or []
     intro = [
         f"Profile **{profile}**: {' '.join(str(settings.get('description', '')).split())}",
@@ -449,29 +677,35 @@ def build_report(folder: Path | str, *, profile: str) -> Path:
         "and once from random weights (the random-weights run is the plan's baseline_of the other). "
         "AUC is image level with its 95 % bootstrap CI; the difference is paired (both models on the "
         "same resamples of whole test patients). A CI of the difference that contains 0 is no evidence "
-        "either way. Where ImageNet weights could not be had (offline, not in Keras' cache) the row "
+        "either way. A cross-validated pair is compared on the pooled out-of-fold predictions of the same images (the same folds for both arms). Where ImageNet weights could not be had (offline, not in Keras' cache) the row "
         "says so, and nothing was substituted.")
     shown = ["backbone", "recipe", "imagenet_auc", "imagenet_95ci", "scratch_auc", "scratch_95ci", "difference",
              "difference_95ci", "n_test"]
     sections = [
         (TRANSFER_HEADING, transfer[shown]),
         ("What each arm of the comparison was", transfer[["backbone", "imagenet_arm", "scratch_arm"]]),
+        (CV_HEADING, cv_table(entries)),
         ("Runs", _status_table(entries)),
-        ("Our results (image level, test split)", ours_shown),
+        ("Our results (image level: the test split; a cross-validated run: its pooled out-of-fold predictions)", ours_shown),
         ("95 % bootstrap confidence intervals (image level)", with_ci),
         ("Our results (patient level)", patients),
-        ("Ours beside the papers': every (paper, backbone, classifier, optimiser) they report", compare),
+        ("Per class (test split, or pooled out-of-fold): precision, recall, F1 and support, with macro and weighted averages",
+         per_class_table(entries)),
+        (COMPARISON_HEADING, compare),
+        (BASELINE_HEADING, majority_baseline_table(entries)),
         ("The hybrids against what they replace (same test split): SVM vs the network's own output "
          "(paper 000), fusion vs each pathway alone (paper 003)", hybrid_table(entries)),
         ("Left out: images and label rows not used, and why", left_out_table(entries)),
     ]
-    figures = [(name, [f"{name}.png"]) for name in ("transfer", "comparison") if (folder / f"{name}.png").exists()]
+    figures = [(name, [f"{name}.png"]) for name in ("transfer", "comparison", "per_class")
+               if (folder / f"{name}.png").exists()]
     figures += [(e["name"], [f"{e['name']}/{f}" for f in FIGURES if (e["dir"] / f).exists()]) for e in entries]
     figures = [(name, files) for name, files in figures if files]
     md = [f"# Study report: profile `{profile}`\n\n", *(line + "\n\n" for line in intro)]
     if len(environments) > 1:
         md.append(_markdown_table(environments) + "\n")
-    notes = {TRANSFER_HEADING: transfer_note}
+    notes = {TRANSFER_HEADING: transfer_note, COMPARISON_HEADING: COMPARISON_NOTE, BASELINE_HEADING: BASELINE_NOTE}
+    notes[CV_HEADING] = CV_NOTE
     md += [f"## {heading}\n\n" + (f"{notes[heading]}\n\n" if heading in notes else "")
            + f"{_markdown_table(table)}\n" for heading, table in sections]
     md += ["## Figures\n"] + [f"\n### {name}\n\n" + " ".join(f"![{f}]({f})" for f in files) + "\n"

@@ -253,9 +253,11 @@ def run_fingerprint(run: PlannedRun, profile_settings: dict) -> str:
     digest.update(json.dumps(run.parameters, sort_keys=True).encode())
     digest.update(json.dumps(profile_settings, sort_keys=True, default=str).encode())
     digest.update(code_fingerprint().encode())
-    data_dir = run.parameters.get("DATA_DIR")
-    if data_dir and Path(data_dir).exists():
-        digest.update(str(Path(data_dir).stat().st_mtime_ns).encode())
+    for key in ("DATA_DIR", "TEST_DATA_DIR", "SPLIT_FILE"):  # a folder, a pool's {dataset: folder}, a file
+        given = run.parameters.get(key)
+        for place in (given.values() if isinstance(given, dict) else [given] if given else []):
+            if Path(place).exists():
+                digest.update(f"{key}:{place}:{Path(place).stat().st_mtime_ns}".encode())
     network_dir = run.parameters.get("NETWORK_DIR")
     if network_dir:  # a run reusing another run's network reruns when that network changes
         reused = _previous(Path(network_dir))
@@ -425,13 +427,16 @@ def run_plan(
     *,
     only: list[str] | None = None,
     dataset: str | None = None,
-    data_dir: str | None = None,
+    data_dir: str | dict[str, str] | None = None,
     suite: str = DEFAULT_SUITE,
     skip_bad: bool = False,
     force: bool = False,
     jobs: int | None = None,
     echo: Callable[[str], None] = print,
     plan_file: Path | str | None = None,
+    test_dataset: str | None = None,
+    test_data_dir: str | dict[str, str] | None = None,
+    split_file: Path | str | None = None,
 ) -> tuple[list[RunOutcome], Path]:
     """Run ``suite`` of the plan (``plan_file``, default ``notebooks/study.yaml``) for ``profile``;
     return the outcomes and the summary page's path.
@@ -451,7 +456,8 @@ def run_plan(
     profile_settings = get_profile(profile, plan)
     jobs = max(1, int(jobs or profile_settings.get("jobs") or 1))
     runs = planned_runs(profile, only=only, dataset=dataset, data_dir=data_dir, suite=suite,
-                         skip_bad=skip_bad, plan=plan)
+                         skip_bad=skip_bad, plan=plan, test_dataset=test_dataset, test_data_dir=test_data_dir,
+                         split_file=split_file)
     ordered = [r for r in runs if not r.after_all] + [r for r in runs if r.after_all]
     lock = threading.Lock()
 
@@ -459,7 +465,8 @@ def run_plan(
         with lock:
             echo(line)
 
-    folder = paths.reports_dir() / output_name(profile, dataset=dataset, suite=suite, plan=plan)
+    folder = paths.reports_dir() / output_name(profile, dataset=dataset, suite=suite, plan=plan,
+                                               test_dataset=test_dataset, split_file=split_file)
     stop = Stop()
     with study_lock(folder, echo=say):
         with _signals_set(stop):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,10 @@ def read_split_file(path: Path | str) -> dict:
     """The content of a split file, checked: a ValueError names the file and what is wrong
     (line and column of a JSON syntax error, an entry of the wrong type, an unknown split).
 
+    Two forms: what :func:`save_split` writes (``{"patients": {"train": [...], ...}, "seed": ...}``),
+    and a user's own assignment ``{"train": [...], "val": [...], "test": [...]}``, returned as
+    ``{"patients": {...}}``.
+
     A byte-order mark and any line ends (a file edited in another program) are accepted.
     """
     path = Path(path)
@@ -152,9 +157,12 @@ def read_split_file(path: Path | str) -> dict:
     if not isinstance(payload, dict):
         raise ValueError(f"{path}: a split file holds a JSON object {{\"patients\": {{...}}, ...}}, "
                          f"not {_json_type(payload)}")
+    if "patients" not in payload and payload and set(payload) <= set(SPLITS):
+        payload = {"patients": payload}  # a user's own assignment: {"train": [...], "val": [...], "test": [...]}
     if "patients" not in payload:
-        raise ValueError(f"{path}: the split file has no 'patients' entry "
-                         f"({{\"train\": [...], \"val\": [...], \"test\": [...]}})")
+        raise ValueError(f"{path}: the split file has no 'patients' entry and is not a patient assignment "
+                         f"{{\"train\": [...], \"val\": [...], \"test\": [...]}} (its keys: "
+                         f"{', '.join(map(repr, payload)) or 'none'})")
     patients = payload["patients"]
     if not isinstance(patients, dict):
         raise ValueError(f"{path}: 'patients' must be an object {{\"train\": [...], \"val\": [...], "
@@ -179,16 +187,61 @@ def read_split_file(path: Path | str) -> dict:
     return payload
 
 
-def load_split(path: Path | str, manifest: pd.DataFrame) -> pd.DataFrame:
-    """Apply a saved split to ``manifest`` and leak-check it; errors name the file."""
-    path = Path(path)
-    patients = read_split_file(path)["patients"]
+def _assignment(path: Path, patients: dict[str, list[str]]) -> dict[str, str]:
+    """Patient -> split from a split file's ``patients``; a patient listed twice is a LeakageError."""
     assignment: dict[str, str] = {}
     for split in SPLITS:
         for patient in patients.get(split, []):
             if patient in assignment:
-                raise LeakageError(f"{path}: patient {patient} listed in both {assignment[patient]} and {split}")
+                where = "twice in" if assignment[patient] == split else f"in both {assignment[patient]} and"
+                raise LeakageError(f"{path}: patient {patient} listed {where} {split}")
             assignment[patient] = split
+    return assignment
+
+
+def _named(items: list[str], limit: int = 10) -> str:
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def user_split(path: Path | str, manifest: pd.DataFrame, *, test_dataset: str | None = None) -> pd.DataFrame:
+    """``manifest`` with the ``split`` column of a user's split file (e.g. a published split),
+    checked against it: a ValueError names the file and every patient it names that the manifest
+    lacks, every patient of the manifest it leaves out (an error rather than a silent exclusion:
+    the split would no longer be the one published), a split it leaves empty; a patient in two
+    splits is a LeakageError. Either form of :func:`read_split_file` is accepted.
+
+    With ``test_dataset`` (an external test set) the file assigns train and val only: test
+    patients in it are an error, since the test split is that dataset.
+    """
+    path = Path(path)
+    assignment = _assignment(path, read_split_file(path)["patients"])
+    given = set(manifest["patient_id"])
+    unknown = sorted(set(assignment) - given)
+    if unknown:
+        raise ValueError(f"{path}: {len(unknown)} patient(s) of the split file are not in the data "
+                         f"({len(given)} patients): {_named(unknown)}")
+    missing = sorted(given - set(assignment))
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} patient(s) of the data are in no split of the file: "
+                         f"{_named(missing)}; assign each to train, val or test")
+    expected = ("train", "val") if test_dataset else SPLITS
+    if test_dataset and "test" in assignment.values():
+        tested = sorted(p for p, split in assignment.items() if split == "test")
+        raise ValueError(f"{path}: names test patients ({_named(tested)}), but the test split is the test "
+                         f"dataset {test_dataset}: with a test dataset the file assigns train and val only")
+    empty = [split for split in expected if split not in assignment.values()]
+    if empty:
+        raise ValueError(f"{path}: no patient in split(s) {empty}")
+    result = manifest.copy()
+    result["split"] = result["patient_id"].map(assignment)
+    check_no_leakage(result)
+    return result
+
+
+def load_split(path: Path | str, manifest: pd.DataFrame) -> pd.DataFrame:
+    """Apply a saved split to ``manifest`` and leak-check it; errors name the file."""
+    path = Path(path)
+    assignment = _assignment(path, read_split_file(path)["patients"])
     missing = sorted(set(manifest["patient_id"]) - set(assignment))
     if missing:
         raise ValueError(f"{path}: {len(missing)} patient(s) of the manifest are in no split, e.g. {missing[0]}")
@@ -216,6 +269,8 @@ def make_or_load_split(
 ) -> pd.DataFrame:
     """Load the split saved at ``path`` if it was made for this manifest and these settings, else make and save it.
 
+    ``test_size=0``: train and val only (:func:`validation_split`), for an external test set.
+
     A malformed file at ``path`` is a ValueError naming it (see :func:`read_split_file`), not
     silently replaced.
     """
@@ -230,8 +285,17 @@ def make_or_load_split(
         )
         if same:
             return load_split(path, manifest)
-    result = patient_split(manifest, test_size=test_size, val_size=val_size, seed=seed)
+    result = (patient_split(manifest, test_size=test_size, val_size=val_size, seed=seed) if test_size
+              else validation_split(manifest, val_size=val_size, seed=seed))
     save_split(result, path, seed=seed, test_size=test_size, val_size=val_size)
+    return result
+
+
+def validation_split(manifest: pd.DataFrame, *, val_size: float, seed: int) -> pd.DataFrame:
+    """Train and val only, by patient, stratified and seeded as :func:`patient_split` draws its
+    test split (``val_size`` of each class's patients): for data whose test set is another dataset."""
+    result = patient_split(manifest, test_size=val_size, val_size=0.0, seed=seed)
+    result["split"] = result["split"].replace({"test": "val"})
     return result
 
 
@@ -287,3 +351,108 @@ def restrict_by_magnification(split_manifest: pd.DataFrame, test_magnification: 
     at_test_magnification = split_manifest["magnification"].astype(str) == test_magnification
     keep = (split_manifest["split"] == "test") == at_test_magnification
     return split_manifest[keep].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Patient-grouped k-fold cross-validation (split "cv")
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Fold:
+    """One fold of a cross-validation: its patients are the test split; the other folds' patients
+    train, with a validation split carved from them by patient."""
+
+    repeat: int        # 1, 2, ... (repeat r draws its folds with seed + r - 1)
+    fold: int          # 1 .. k
+    seed: int          # the seed of this repeat's folds
+    split: np.ndarray  # per manifest row: "train", "val" or "test"
+
+    @property
+    def name(self) -> str:
+        """``fold_<k>``, or ``repeat_<r>_fold_<k>`` in runs of several repeats (a run's sub-folder)."""
+        return f"fold_{self.fold}" if self.repeat == 1 else f"repeat_{self.repeat}_fold_{self.fold}"
+
+    def apply(self, manifest: pd.DataFrame) -> pd.DataFrame:
+        """``manifest`` (the one the fold was drawn from) with this fold's ``split`` column."""
+        if len(manifest) != len(self.split):
+            raise ValueError(f"fold {self.fold} was drawn for {len(self.split)} images, not {len(manifest)}")
+        return manifest.assign(split=self.split)
+
+
+def patient_folds(manifest: pd.DataFrame, *, n_folds: int, seed: int, dataset: str = "the data") -> pd.Series:
+    """The fold (1 .. ``n_folds``) of each patient, indexed by patient id.
+
+    scikit-learn's ``StratifiedGroupKFold`` over the images, grouped by patient and stratified by
+    the patient's most severe class (as :func:`patient_split`), shuffled with ``seed``. Every fold
+    must test at least one patient of every class: a class with fewer patients than folds is a
+    ValueError naming ``dataset``, the class and its patient count.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
+        raise ValueError(f"{dataset}: cv_folds must be an integer >= 2, got {n_folds!r}")
+    if manifest.empty:
+        raise ValueError(f"{dataset}: cannot cross-validate an empty manifest")
+    classes = _patient_classes(manifest)
+    if classes.nunique() < 2:
+        raise ValueError(f"{dataset}: cannot cross-validate: every patient has class {classes.iloc[0]!r}")
+    counts = classes.value_counts()
+    few = counts[counts < n_folds]
+    if len(few):
+        names = ", ".join(f"{cls!r} has {count} patient(s)" for cls, count in few.items())
+        raise ValueError(f"{dataset}: too few patients for {n_folds}-fold cross-validation: class {names}, "
+                         f"and every fold must test at least one patient of each class; lower cv_folds "
+                         f"to {int(few.min())} or fewer")
+    y = manifest["patient_id"].map(classes).to_numpy()
+    groups = manifest["patient_id"].to_numpy()
+    folder = StratifiedGroupKFold(n_splits=int(n_folds), shuffle=True, random_state=int(seed))
+    folds: dict[str, int] = {}
+    for number, (_, test) in enumerate(folder.split(np.zeros(len(manifest)), y, groups), start=1):
+        folds.update({patient: number for patient in groups[test]})
+    result = pd.Series(folds, name="fold").sort_index()
+    for number in range(1, int(n_folds) + 1):
+        missing = sorted(set(counts.index) - set(classes[result.index[result == number]]))
+        if missing:
+            raise ValueError(f"{dataset}: fold {number} of {n_folds} has no patient of class {missing[0]!r} "
+                             f"({int(counts[missing[0]])} patient(s) in all); lower cv_folds")
+    return result
+
+
+def cross_validation_folds(manifest: pd.DataFrame, *, n_folds: int, repeats: int, seed: int, val_size: float,
+                           dataset: str = "the data") -> list[Fold]:
+    """Every fold of ``repeats`` patient-grouped ``n_folds``-fold cross-validations, leak-checked.
+
+    Repeat r draws its folds (:func:`patient_folds`) with seed ``seed + r - 1``. In each fold the
+    fold's patients are the test split; of the others a ``val_size`` share of each class's
+    patients is the validation split (stratified, seeded as :func:`patient_split`), the rest train.
+    Each patient is tested exactly once per repeat.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
+        raise ValueError(f"{dataset}: cv_repeats must be an integer >= 1, got {repeats!r}")
+    if not 0 <= val_size < 1:
+        raise ValueError(f"{dataset}: val_size={val_size} must be a fraction below 1")
+    patients = manifest["patient_id"].to_numpy()
+    result = []
+    for repeat in range(1, int(repeats) + 1):
+        repeat_seed = int(seed) + repeat - 1
+        fold_of = manifest["patient_id"].map(patient_folds(manifest, n_folds=n_folds, seed=repeat_seed,
+                                                           dataset=dataset)).to_numpy()
+        for number in range(1, int(n_folds) + 1):
+            split = np.where(fold_of == number, "test", "train").astype(object)
+            rest = manifest[fold_of != number]
+            if val_size > 0:
+                carved = patient_split(rest, test_size=val_size, val_size=0.0, seed=repeat_seed)
+                val_patients = set(carved.loc[carved["split"] == "test", "patient_id"])
+                split[np.isin(patients, list(val_patients))] = "val"
+            fold = Fold(repeat=repeat, fold=number, seed=repeat_seed, split=split)
+            checked = fold.apply(manifest)
+            check_no_leakage(checked)
+            if val_size > 0 and not (split == "val").any():
+                raise ValueError(f"{dataset}: fold {number} leaves no validation patient; use more patients "
+                                 f"or lower cv_folds")
+            untrained = sorted(set(checked[_class_column(checked)]) - set(checked.loc[split == "train", _class_column(checked)]))
+            if untrained:
+                raise ValueError(f"{dataset}: fold {number} leaves no training patient of class {untrained[0]!r}; "
+                                 f"use more patients, a smaller val_size or fewer cv_folds")
+            result.append(fold)
+    return result

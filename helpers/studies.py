@@ -14,6 +14,10 @@ Conventions:
 - ``Reported.dataset`` is a dataset name, or names joined by ``+`` when the paper pooled them.
 - ``Reported.backbone`` is a backbone registry name, or ``"resnet50+alexnet"`` (paper 003's fusion)
   or ``"convnet"`` (paper 000's own "Proposed ConvNet", whose architecture the paper never names).
+- ``Study.scoring`` says how the paper's precision, recall and F1 combine its classes (its own
+  positive class, a macro or a support-weighted average, or unknown), quoting where it says so,
+  and its test set's class support where it prints one: the report compares our numbers computed
+  the same way, and what always predicting the majority class would score on that support.
 """
 
 from __future__ import annotations
@@ -39,10 +43,14 @@ TASK_NAMES: tuple[str, ...] = ("benign-vs-malignant", "normal-vs-abnormal", "nor
 IMAGE_TYPES: tuple[str, ...] = ("mammogram-roi", "mammogram-full", "histopathology")
 CLASSIFIER_NAMES: tuple[str, ...] = ("softmax", "svm", "fusion", "sigmoid")
 FREEZE_MODES: tuple[str, ...] = ("none", "base")  # or a string starting "top-", in the paper's words
-METRIC_FIELDS: tuple[str, ...] = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
+METRIC_FIELDS: tuple[str, ...] = ("accuracy", "precision", "recall", "specificity", "f1", "auc", "macro_f1")
+AVERAGING_METHODS: tuple[str, ...] = ("binary", "macro", "weighted", "unknown", "none")
+"""How a paper's precision/recall/F1 combine its classes: ``binary`` (the positive class's own),
+``macro`` (unweighted mean over the classes), ``weighted`` (weighted by class support), ``unknown``
+(not stated), ``none`` (it reports no precision, recall or F1)."""
 TABLE_COLUMNS: tuple[str, ...] = (
     "study", "slug", "dataset", "backbone", "classifier", "optimiser", "split",
-    *METRIC_FIELDS, "source", "note",
+    *METRIC_FIELDS, "averaging", "source", "note",
 )
 
 
@@ -140,6 +148,7 @@ class Reported:
     auc: float | None
     source: str
     note: str = ""
+    macro_f1: float | None = None  # where the paper also prints a macro-averaged F1 (paper 003)
 
     def __post_init__(self) -> None:
         where = f"Reported row ({self.source}, {self.backbone})"
@@ -158,6 +167,29 @@ class Reported:
 
 
 @dataclass(frozen=True)
+class Scoring:
+    """How a paper averaged precision, recall and F1 over its classes, and its test-set support."""
+
+    averaging: str  # one of AVERAGING_METHODS
+    evidence: str  # where the paper says so (quoted), or why it is unknown
+    positive_class: str | None = None  # the paper's positive class, where it names one
+    test_support: Mapping[str, int] | None = field(default=None, hash=False)  # class as printed -> cases
+    support_source: str = ""  # where the support is printed, or that it is not
+
+    def __post_init__(self) -> None:
+        _require(self.averaging in AVERAGING_METHODS,
+                 f"Scoring: unknown averaging {self.averaging!r}; known: {AVERAGING_METHODS}")
+        _require(self.averaging != "binary" or self.positive_class is not None,
+                 "Scoring: 'binary' averaging needs the paper's positive_class")
+        if self.test_support is not None:
+            object.__setattr__(self, "test_support", _frozen(self.test_support))
+            _require(len(self.test_support) >= 2 and all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in self.test_support.values()),
+                f"Scoring: test_support must map at least two classes to counts, got {dict(self.test_support)}")
+            _require(bool(self.support_source), "Scoring: test_support needs its support_source")
+
+
+@dataclass(frozen=True)
 class Study:
     """One seed paper: bibliographic data, its recipe and its reported results."""
 
@@ -171,6 +203,7 @@ class Study:
     seed_file: str
     recipe: Recipe
     reported: tuple[Reported, ...]
+    scoring: Scoring
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -181,6 +214,9 @@ class Study:
             for name in row.dataset.split("+"):
                 _require(name in self.recipe.datasets,
                          f"Study {self.key}: reported dataset {name!r} is not in recipe.datasets")
+        _require(self.scoring.averaging != "none" or all(
+            r.precision is None and r.recall is None and r.f1 is None for r in self.reported),
+            f"Study {self.key}: scoring says 'none' but a reported row has precision, recall or F1")
 
 
 def _pct(value: float) -> float:
@@ -265,6 +301,19 @@ _MAHMOOD_2021 = Study(
         _row000("convnet", "softmax", 78.3, 78.4, 76.6, 90.0, 78.3, 77.1, 87.7),
         _row000("convnet", "svm", 97.8, 97.7, 97.6, 97.9, 97.7, 97.8, 91.4),
     ),
+    scoring=Scoring(
+        averaging="unknown",
+        positive_class="malignant",
+        evidence=("Section 5 defines precision as TrP / (TrP + FaP), TrP being one that 'is a positive "
+                  "instance accurately diagnosed as positive (malignant)' (Equations 13-15: the malignant "
+                  "class's own figures), computed with 'Python's sci-kit-learn module'; but Figure 8 shows "
+                  "'(a) Performance analysis for Benign class, (b) performance analysis for Malignant "
+                  "class, (c) the cumulative performance of both classes', and Table 4's recall equals "
+                  "its Validation ACC for VGGNet16, VGGNet19, GoogLeNet and ResNet50, as a "
+                  "support-weighted recall always does. Which of them Table 4 holds is not stated."),
+        support_source=("not printed per class: 'There were 6346 mammography images (87.4% of the "
+                        "dataset) in the training set and 913 (12.5% of the dataset) in the test set'"),
+    ),
     notes=(
         "Results are given only for the pooled MIAS + INbreast + private set (Table 4), not per "
         "dataset, and the SVM only for the paper's own 'ConvNet' (not per backbone); the ConvNet's "
@@ -345,6 +394,14 @@ _BOKADE_2024 = Study(
         _row001("squeezenet", "adam", 0.70, 0.70, 0.80, 0.70),
         _row001("squeezenet", "sgdm", 0.57, 0.59, 0.71, 0.56),
     ),
+    scoring=Scoring(
+        averaging="unknown",
+        evidence=("Section 3.2 gives precision = TP/(TP+FP) and 'True positive rate (TPR)/Recall' = "
+                  "TP/(TP+FN) for three classes without saying how the classes are combined; not "
+                  "support-weighted, since a weighted recall equals the accuracy and Table 3's TPR "
+                  "(0.77 for AlexNet with Adam) is below its accuracy (0.84)."),
+        support_source="not printed per class: Table 1, 'Total Testing Samples' 1937 '(Randomly selected)'",
+    ),
     notes=(
         "Table 1 is ambiguous: it lists 'Total Training Samples' 1964/2419/2589 (normal/benign/"
         "cancer) and 'Total Testing Samples' 1937 '(Randomly selected)'; Table 2's 540 total "
@@ -420,6 +477,12 @@ _KUMAR_2022 = Study(
                  f1=None, auc=None, source="Table 2",
                  note="loss 0.319679; column headed 'ResNet', code builds ResNet50V2"),
     ),
+    scoring=Scoring(
+        averaging="none",
+        evidence=("Table 2 gives accuracy and loss only; the method lists 'metrics like accuracy, "
+                  "precision, recall, F1 score, and confusion matrix' but reports none of the others."),
+        support_source="not printed: the test set's size is not stated",
+    ),
     notes=(
         "A student minor-project report, not a peer-reviewed paper. The dataset is never named "
         "as used: the method says 'Common datasets include BreakHis' for histopathology images "
@@ -488,22 +551,34 @@ _AKHI = Study(
     reported=(
         Reported(dataset="cbis-ddsm", backbone="resnet50", classifier="softmax", optimiser=None,
                  split="validation", accuracy=_pct(96.23), precision=_pct(95.56),
-                 recall=_pct(96.23), specificity=None, f1=_pct(95.61), auc=None,
+                 recall=_pct(96.23), specificity=None, f1=_pct(95.61), auc=None, macro_f1=_pct(71.52),
                  source="Table II",
                  note=("precision/recall/F1 are the weighted averages (macro 82.45/66.42/71.52); "
                        "text: training accuracy 0.9710, loss 0.0805, validation loss 0.1219")),
         Reported(dataset="cbis-ddsm", backbone="alexnet", classifier="softmax", optimiser=None,
                  split="validation", accuracy=_pct(95.99), precision=_pct(95.16),
-                 recall=_pct(95.99), specificity=None, f1=_pct(95.23), auc=None,
+                 recall=_pct(95.99), specificity=None, f1=_pct(95.23), auc=None, macro_f1=_pct(68.61),
                  source="Table III",
                  note=("weighted averages (macro 80.45/63.77/68.61); Section V calls 95.99% a "
                        "training accuracy (loss 0.1171) and says there were no validation figures")),
         Reported(dataset="cbis-ddsm", backbone="resnet50+alexnet", classifier="fusion",
                  optimiser=None, split="validation", accuracy=_pct(97.23), precision=_pct(95.56),
-                 recall=_pct(96.23), specificity=None, f1=_pct(95.61), auc=None,
+                 recall=_pct(96.23), specificity=None, f1=_pct(95.61), auc=None, macro_f1=_pct(71.52),
                  source="Table IV (unnumbered table after Fig. 9)",
                  note=("weighted averages, identical to ResNet50's Table II (macro 82.45/66.42/"
                        "71.52); class-1 F1 printed as 99.99")),
+    ),
+    scoring=Scoring(
+        averaging="weighted",
+        evidence=("Tables II-IV are scikit-learn classification reports (rows 'Class 0', 'Class 1', "
+                  "'Accuracy', 'Macro Avg', 'Weighted Avg'; column 'Support'); the precision, recall "
+                  "and F1 recorded are the 'Weighted Avg' row, the macro F1 the 'Macro Avg' row. "
+                  "ResNet50's and AlexNet's weighted recall equals their accuracy, as a weighted "
+                  "recall must (the fusion table's does not: 96.23 against 97.23)."),
+        test_support={"Class 0": 66197, "Class 1": 3184},
+        support_source=("Table II and the fusion table, 'Support' column (Table III's repeats precision "
+                        "values); the text calls this the validation set. Which of the paper's classes "
+                        "'Class 0' and 'Class 1' are is not stated."),
     ),
     notes=(
         "Year and venue are not printed in the seed. The text claims three classes (normal, "
@@ -572,6 +647,16 @@ _ABU_AL_HAIJA_2020 = Study(
                  note=("abstract and Section IV: 99% (average testing accuracy, fluctuating "
                        "98%-99.8% after 100 epochs); conclusion: 99.1%")),
     ),
+    scoring=Scoring(
+        averaging="none",
+        positive_class="malignant",
+        evidence=("Only accuracy is reported ('an average testing accuracy of 99%'; 99.10 % in the "
+                  "comparison table); label encoding 'Benign' 0, 'Malignant' 1."),
+        test_support={"benign": 652, "malignant": 1370},
+        support_source=("the dataset table's 40X column (the test set is 'all images with 40X "
+                        "magnification'), as printed; its row total (2480 benign) and column total "
+                        "(1995 at 40X) imply 625 benign, not 652"),
+    ),
     notes=(
         "The year is not printed in the seed; 2020 follows the project's seed list (newest "
         "references are from 2020). Only one result is given, on the 40X test images; no per-"
@@ -608,7 +693,8 @@ def reported_table(study: str | None = None) -> pd.DataFrame:
     """One row per reported result (all studies, or the one with key ``study``)."""
     studies = [get_study(study)] if study is not None else list(STUDIES.values())
     rows = [
-        {"study": s.key, "slug": s.slug, **{name: getattr(r, name) for name in TABLE_COLUMNS[2:]}}
+        {"study": s.key, "slug": s.slug, "averaging": s.scoring.averaging,
+         **{name: getattr(r, name) for name in TABLE_COLUMNS[2:] if name != "averaging"}}
         for s in studies
         for r in s.reported
     ]

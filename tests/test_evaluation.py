@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
-from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import (accuracy_score, classification_report, f1_score, precision_score, recall_score,
+                             roc_auc_score)
 
 from helpers import evaluation as ev
 
@@ -235,6 +236,149 @@ def test_confusion_matrix_rows_are_true_classes():
     assert cm == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
 
 
+# ---------------------------------------------------------------------------- per class
+
+def _report_dict(y_true, y_pred, names, zero_division):
+    """scikit-learn's classification_report, in per_class_metrics' keys (no accuracy entry)."""
+    report = classification_report(y_true, y_pred, labels=list(range(len(names))), target_names=names,
+                                   output_dict=True, zero_division=zero_division)
+    return {key: {"precision": row["precision"], "recall": row["recall"], "f1": row["f1-score"],
+                  "support": int(row["support"])} for key, row in report.items() if key != "accuracy"}
+
+
+def _assert_blocks_equal(ours, theirs):
+    assert list(ours) == list(theirs)
+    for key, row in theirs.items():
+        for name, value in row.items():
+            assert ours[key][name] == pytest.approx(value, nan_ok=True), (key, name)
+
+
+def test_per_class_matches_classification_report_on_the_hand_worked_case():
+    block = ev.per_class_metrics(THREE_TRUE, THREE_PROB.argmax(axis=1), THREE)
+    assert block["normal"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert block["benign"]["precision"] == pytest.approx(2 / 3) and block["benign"]["f1"] == pytest.approx(0.8)
+    assert block["macro avg"]["f1"] == pytest.approx((1 / 2 + 4 / 5 + 2 / 3) / 3)
+    _assert_blocks_equal(block, _report_dict(THREE_TRUE, THREE_PROB.argmax(axis=1), THREE, 0))
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_per_class_matches_classification_report_on_imbalanced_data(n_classes):
+    rng = np.random.default_rng(n_classes)
+    y = rng.choice(n_classes, 150, p=[0.7] + [0.3 / (n_classes - 1)] * (n_classes - 1))
+    pred = np.where(rng.random(150) < 0.6, y, rng.integers(0, n_classes, 150))
+    names = [f"class{c}" for c in range(n_classes)]
+    block = ev.per_class_metrics(y, pred, names)
+    _assert_blocks_equal(block, _report_dict(y, pred, names, 0))
+    assert block["weighted avg"]["recall"] == pytest.approx(accuracy_score(y, pred))  # always, by definition
+    assert block["weighted avg"]["f1"] != pytest.approx(block["macro avg"]["f1"])
+
+
+def test_per_class_zero_division_cases():
+    y_true = np.array([0, 0, 0, 1, 1, 0])
+    never_predicted = np.zeros(6, dtype=int)  # class 1 is never predicted: its precision is undefined
+    block = ev.per_class_metrics(y_true, never_predicted, BINARY)
+    assert math.isnan(block["malignant"]["precision"]) and block["malignant"]["recall"] == 0.0
+    assert block["malignant"]["f1"] == 0.0
+    assert math.isnan(block["macro avg"]["precision"]) and math.isnan(block["weighted avg"]["precision"])
+    assert block["weighted avg"]["recall"] == pytest.approx(4 / 6)
+    for key in ("benign", "malignant"):  # per class the same as scikit-learn's NaN convention
+        assert block[key] == pytest.approx(_report_dict(y_true, never_predicted, BINARY, np.nan)[key], nan_ok=True)
+    as_zero = ev.per_class_metrics(y_true, never_predicted, BINARY, zero_division=0.0)
+    _assert_blocks_equal(as_zero, _report_dict(y_true, never_predicted, BINARY, 0))
+    assert as_zero["weighted avg"]["precision"] == pytest.approx((4 / 6) ** 2)
+
+    absent = ev.per_class_metrics(np.array([0, 0, 2, 2]), np.array([0, 1, 2, 2]), THREE)  # no benign case
+    assert absent["benign"]["support"] == 0 and math.isnan(absent["benign"]["recall"])
+    assert absent["benign"]["precision"] == 0.0 and absent["benign"]["f1"] == 0.0
+    assert math.isnan(absent["macro avg"]["recall"])
+    assert absent["weighted avg"]["recall"] == pytest.approx(0.75)  # support 0 carries no weight
+    _assert_blocks_equal(ev.per_class_metrics(np.array([0, 0, 2, 2]), np.array([0, 1, 2, 2]), THREE, zero_division=0),
+                         _report_dict(np.array([0, 0, 2, 2]), np.array([0, 1, 2, 2]), THREE, 0))
+    with pytest.raises(ValueError, match="zero_division"):
+        ev.per_class_metrics(y_true, never_predicted, BINARY, zero_division=0.5)
+    with pytest.raises(ValueError, match="collide"):
+        ev.per_class_metrics(y_true, never_predicted, ["benign", "macro avg"])
+    with pytest.raises(ValueError, match="6 cases but y_pred has 5"):
+        ev.per_class_metrics(y_true, never_predicted[:5], BINARY)
+
+
+def test_evaluate_has_per_class_at_image_and_patient_level():
+    y = np.array([0, 1, 0, 0, 1, 1, 0, 1, 1, 0])
+    prob = np.column_stack([1 - BINARY_P1, BINARY_P1])
+    patients = ["p1", "p1", "p2", "p2", "p3", "p3", "p4", "p4", "p5", "p5"]
+    result = ev.evaluate(y, prob, BINARY, patient_ids=patients, n_boot=0)
+    _assert_blocks_equal(result["image_level"]["per_class"], _report_dict(y, prob.argmax(axis=1), BINARY, np.nan))
+    patient_true, patient_prob, _ = ev.aggregate_by_patient(y, prob, patients)
+    patient_block = result["patient_level"]["per_class"]
+    assert patient_block["weighted avg"]["support"] == 5 and patient_true.tolist() == [1, 0, 1, 1, 1]
+    for key in BINARY:
+        assert patient_block[key] == pytest.approx(
+            _report_dict(patient_true, patient_prob.argmax(axis=1), BINARY, np.nan)[key], nan_ok=True)
+    malignant = result["image_level"]["per_class"]["malignant"]  # the top level is the positive class's
+    assert (malignant["precision"], malignant["recall"], malignant["f1"]) == pytest.approx(
+        tuple(result["image_level"][name]["value"] for name in ("precision", "recall", "f1")))
+
+
+def test_majority_baseline_on_paper_003s_support():
+    baseline = ev.majority_baseline({"Class 0": 66197, "Class 1": 3184})
+    share = 66197 / 69381
+    assert baseline["majority_class"] == "Class 0" and baseline["accuracy"] == pytest.approx(share)
+    weighted, macro = baseline["per_class"]["weighted avg"], baseline["per_class"]["macro avg"]
+    assert weighted["recall"] == pytest.approx(share)
+    assert weighted["f1"] == pytest.approx(share * 2 * share / (1 + share))
+    assert macro["f1"] == pytest.approx(share / (1 + share))
+    assert math.isnan(weighted["precision"])  # the minority class is never predicted
+    as_printed = ev.majority_baseline({"Class 0": 66197, "Class 1": 3184}, zero_division=0.0)
+    assert as_printed["per_class"]["weighted avg"]["precision"] == pytest.approx(share ** 2)
+    assert ev.majority_baseline({"benign": 3, "malignant": 3})["majority_class"] == "benign"  # ties: the first
+    for bad in ({"a": 5}, {"a": 1, "b": -1}, {"a": 0, "b": 0}, {"a": 1.5, "b": 2}, [3, 4]):
+        with pytest.raises(ValueError, match="support"):
+            ev.majority_baseline(bad)
+
+
+def test_plot_per_class_draws_a_panel_per_class_and_average():
+    open_before = plt.get_fignums()
+    block = ev.per_class_metrics(np.array([0, 0, 1, 1, 0]), np.zeros(5, dtype=int), BINARY)
+    fig = ev.plot_per_class(block, title="one model")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["benign (n=3)", "malignant (n=2)", "macro avg (n=5)", "weighted avg (n=5)"]
+    assert [len(ax.patches) for ax in fig.axes] == [3, 2, 2, 2]  # undefined precisions have no bar...
+    assert [t.get_text() for t in fig.axes[1].texts] == ["n/a", "0.00", "0.00"]  # ...but a mark; values shown
+    assert fig.axes[0].patches[1].get_height() == pytest.approx(1.0)  # benign recall
+    three = ev.evaluate(THREE_TRUE, THREE_PROB, THREE, n_boot=0)["image_level"]["per_class"]
+    several = ev.plot_per_class({"a": block, "b": three, "c": three, "d": block})
+    assert [ax.get_title() for ax in several.axes][:3] == ["benign", "malignant (n=2)", "normal (n=2)"]
+    assert len(several.axes[2].patches) == 6  # two models have a normal class
+    assert [t.get_text() for t in several.axes[-1].get_xticklabels()] == ["a", "b", "c", "d"]
+    assert not several.axes[0].texts  # many bars: no value labels
+    with pytest.raises(ValueError, match="schema 3"):
+        ev.plot_per_class({"old run": {"benign": {}}})
+    assert plt.get_fignums() == open_before
+
+
+def test_metrics_json_keeps_per_class_and_reads_older_files_without_it(tmp_path):
+    record = {**make_record(), "environment": {"backend": "jax", "device": "CPU: x"}}  # no Keras import
+    record["image_level"]["per_class"]["malignant"]["precision"] = math.nan
+    loaded = ev.read_metrics_json(ev.write_metrics_json(tmp_path / "metrics.json", record))
+    block = loaded["image_level"]["per_class"]
+    assert set(block) == {"benign", "malignant", "macro avg", "weighted avg"}
+    assert block["malignant"]["precision"] is None and type(block["benign"]["support"]) is int
+    assert loaded["patient_level"]["per_class"]["weighted avg"]["support"] == 20
+    current = json.loads((tmp_path / "metrics.json").read_text())
+    for level in ("image_level", "patient_level"):
+        del current[level]["per_class"]
+    (tmp_path / "v2.json").write_text(json.dumps({**current, "schema_version": 2}))
+    assert "per_class" not in ev.read_metrics_json(tmp_path / "v2.json")["image_level"]
+    (tmp_path / "v3.json").write_text(json.dumps(current))
+    with pytest.raises(ValueError, match=r"v3\.json.*image_level\.per_class"):
+        ev.read_metrics_json(tmp_path / "v3.json")
+    broken = {**make_record(), "environment": record["environment"]}
+    del broken["patient_level"]["per_class"]["weighted avg"]["support"]
+    with pytest.raises(ValueError, match=r"patient_level\.per_class\.weighted avg\.support"):
+        ev.write_metrics_json(tmp_path / "broken.json", broken)
+    assert not (tmp_path / "broken.json").exists()
+
+
 # ---------------------------------------------------------------------------- figures
 
 def history_frame() -> pd.DataFrame:
@@ -399,7 +543,7 @@ def test_metrics_json_records_the_environment(tmp_path):
     import keras
 
     loaded = ev.read_metrics_json(ev.write_metrics_json(tmp_path / "metrics.json", make_record()))
-    assert ev.METRICS_SCHEMA_VERSION == 2 and loaded["schema_version"] == 2
+    assert ev.METRICS_SCHEMA_VERSION == 3 and loaded["schema_version"] == 3
     environment = loaded["environment"]
     backend = keras.config.backend()
     assert set(environment) == {"backend", "python", "keras", backend, "numpy", "scikit-learn", "opencv", "device"}

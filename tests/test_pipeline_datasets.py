@@ -87,8 +87,11 @@ def test_real_data_suite_is_one_command(tmp_path):
     assert names[0] == "data_preparation" and names[-1] == "results"
     assert all(run.run_dir.parent == tmp_path / "reports" / "cpu-mias-real-data" for run in runs)
     trained = [plan.settings_for_run(run) for run in runs if "BACKBONE" in run.parameters]
-    assert {(s.task, s.weights) for s in trained} == {
-        (task, weights) for task in ("normal-vs-abnormal", "benign-vs-malignant") for weights in (None, "imagenet")}
-    assert all(s.dataset == "mias" and s.use_roi and s.backbone == "mobilenetv2" for s in trained)
+    paper000 = {"vgg16", "vgg19", "googlenet", "mobilenetv2", "resnet50", "densenet121"}
+    assert sorted((s.backbone, s.task, s.weights is None) for s in trained) == sorted(
+        (backbone, task, scratch) for backbone in paper000 for task in ("normal-vs-abnormal", "benign-vs-malignant")
+        for scratch in (False, True))
+    assert all(s.dataset == "mias" and s.use_roi and s.split == "cv" and s.cv_folds == 5 for s in trained)
+    assert {s.weights for s in trained} == {None, "imagenet"}
     with pytest.raises(KeyError, match="suite"):
         plan.planned_runs("cpu", suite="nope")

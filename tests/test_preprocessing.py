@@ -389,11 +389,15 @@ def test_prepare_arrays_on_error(tmp_path: Path) -> None:
 
 
 def test_prepare_arrays_with_roi(tmp_path: Path) -> None:
-    manifest = _manifest(tmp_path, count=2)
+    manifest = _manifest(tmp_path, count=2).assign(label=["benign", "normal"])
+    with pytest.raises(ValueError, match="img1.png.*assign_normal_radii"):  # lesion-free row, no radius
+        pp.prepare_arrays(manifest, "paper000", image_size=20, use_roi=True, cache_dir=tmp_path / "c")
+    manifest = pp.assign_normal_radii(manifest, seed=0)
+    assert manifest[pp.PATCH_RADIUS].iloc[1] == 10  # the only lesion radius
     result = pp.prepare_arrays(manifest, "paper000", image_size=20, use_roi=True,
                                cache_dir=tmp_path / "c")
     assert result.x.shape == (2, 20, 20, 3) and np.isfinite(result.x).all()
-    cx, cy, r = pp.default_roi(pp.read_image(manifest.image_path[1]))
+    cx, cy, r = pp.breast_centred_roi(pp.read_image(manifest.image_path[1]))  # the old rule (lessons only)
     assert r == 96 / 8 and cx < 48 and abs(cy - 48) < 4  # breast is on the left, centred vertically
     manifest.loc[0, "roi"] = "1,2"
     with pytest.raises(ValueError, match="img0.png"):

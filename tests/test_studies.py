@@ -26,9 +26,10 @@ ALLOWED_LOSSES = {"categorical_crossentropy", "binary_crossentropy", "mse"}
 ALLOWED_TASKS = {"benign-vs-malignant", "normal-vs-abnormal", "normal-benign-malignant"}
 ALLOWED_IMAGE_TYPES = {"mammogram-roi", "mammogram-full", "histopathology"}
 ALLOWED_CLASSIFIERS = {"softmax", "svm", "fusion", "sigmoid"}
-METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
+METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc", "macro_f1")
 COLUMNS = ["study", "slug", "dataset", "backbone", "classifier", "optimiser", "split",
-           "accuracy", "precision", "recall", "specificity", "f1", "auc", "source", "note"]
+           "accuracy", "precision", "recall", "specificity", "f1", "auc", "macro_f1", "averaging", "source", "note"]
+QUOTE = re.compile(r"(?<!\w)'(.+?)'(?!\w)")  # a quotation in single quotes (apostrophes inside words are not)
 
 
 def all_rows() -> list[tuple[str, Reported]]:
@@ -188,6 +189,48 @@ def test_every_reported_metric_is_printed_in_its_seed_text():
                 value = getattr(row, name)
                 if value is not None:
                     assert _printed(value, numbers), f"{key} {row.backbone} {name}={value} not in {path.name}"
+
+
+@pytest.mark.skipif(not SEEDS_DIR.is_dir(), reason=f"seed texts not found at {SEEDS_DIR}")
+def test_each_papers_averaging_is_quoted_from_its_seed_text_and_its_test_support_printed_there():
+    for key, study in STUDIES.items():
+        text = " ".join((SEEDS_DIR / study.seed_file).read_text(encoding="utf-8").split())
+        scoring = study.scoring
+        quotes = QUOTE.findall(scoring.evidence + " " + scoring.support_source)
+        assert quotes, f"{key}: the scoring quotes nothing from the paper"
+        for quote in quotes:
+            assert " ".join(quote.split()) in text, f"{key}: {quote!r} is not in {study.seed_file}"
+        for count in (scoring.test_support or {}).values():
+            assert float(count) in _numbers_in(text), f"{key}: support {count} not printed"
+
+
+def test_scoring_per_paper():
+    averaging = {key: study.scoring.averaging for key, study in STUDIES.items()}
+    assert averaging == {"000": "unknown", "001": "unknown", "002": "none", "003": "weighted", "004": "none"}
+    assert dict(get_study("003").scoring.test_support) == {"Class 0": 66197, "Class 1": 3184}
+    assert dict(get_study("004").scoring.test_support) == {"benign": 652, "malignant": 1370}
+    assert all(get_study(key).scoring.test_support is None for key in ("000", "001", "002"))
+    resnet = [r for r in get_study("003").reported if r.backbone == "resnet50"][0]
+    assert (resnet.recall, resnet.accuracy, resnet.macro_f1) == (0.9623, 0.9623, 0.7152)  # weighted recall = accuracy
+    assert set(reported_table()["averaging"]) == set(averaging.values())
+
+
+def test_scoring_validation():
+    scoring = get_study("003").scoring
+    with pytest.raises(ValueError, match="averaging"):
+        dataclasses.replace(scoring, averaging="micro")
+    with pytest.raises(ValueError, match="positive_class"):
+        dataclasses.replace(scoring, averaging="binary", positive_class=None)
+    with pytest.raises(ValueError, match="test_support"):
+        dataclasses.replace(scoring, test_support={"Class 0": 10})
+    with pytest.raises(ValueError, match="test_support"):
+        dataclasses.replace(scoring, test_support={"Class 0": 10, "Class 1": -1})
+    with pytest.raises(ValueError, match="support_source"):
+        dataclasses.replace(scoring, support_source="")
+    with pytest.raises(ValueError, match="'none'"):
+        dataclasses.replace(get_study("003"), scoring=get_study("004").scoring)
+    with pytest.raises(TypeError):
+        scoring.test_support["Class 0"] = 1  # type: ignore[index]
 
 
 def test_printed_check_can_fail():

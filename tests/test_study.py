@@ -22,9 +22,9 @@ ALL_RUNS = tuple(run.name for run in plan.planned_runs("smoke"))  # no random-we
 TRAINING_RUNS = tuple(name for name in ALL_RUNS if name.startswith("tl_"))
 SVM_RUNS = tuple(name for name in ALL_RUNS if name.startswith("svm_"))
 FUSION_RUNS = tuple(name for name in ALL_RUNS if name.startswith("fusion_"))
-# one per kind of head, and the two hybrids (the SVM with the network it reuses)
-RERUN = ("tl_000_mobilenetv2", "tl_001_squeezenet_sgdm", "tl_004_resnet50", "svm_000_mobilenetv2",
-         "fusion_003_resnet50_alexnet")
+# one per kind of head, and the SVM with the network it reuses; the fusion's determinism is checked
+# by nbval, which re-executes lesson 5 and compares its printed metrics with the stored ones
+RERUN = ("tl_000_mobilenetv2", "tl_001_squeezenet_sgdm", "tl_004_resnet50", "svm_000_mobilenetv2")
 
 
 def run_smoke(folder: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -24,6 +24,9 @@ The package's modules, lower ones first (each imports only those above it):
 - ``steps``: the step functions and :data:`STEPS`;
 - ``presets``: :class:`Step`, :class:`Preset`, :data:`PRESETS`, lesion patches and
   :func:`apply_preset`;
+- ``patches``: lesion-free patches drawn like lesion patches: :func:`assign_normal_radii` (a
+  radius from the dataset's lesion radii, per manifest row) and :func:`normal_patch_roi` (a seeded
+  position inside the breast, :func:`breast_mask`), :func:`in_breast_fraction`;
 - ``cache``: :func:`prepare_arrays`, :func:`cache_key`, ``PREPROCESSING_VERSION``, :func:`as_rgb`.
 
 Every public name is re-exported here: use ``helpers.preprocessing.X``.
@@ -40,17 +43,28 @@ from helpers.preprocessing.cache import (
     parse_roi,
     prepare_arrays,
 )
+from helpers.preprocessing.patches import (
+    PATCH_RADIUS,
+    PATCH_SEED,
+    assign_normal_radii,
+    breast_mask,
+    in_breast_fraction,
+    normal_patch_roi,
+)
 from helpers.preprocessing.presets import (
     CLEAN_TOLERANCE,
+    MIN_PATCH_SIDE,
     PAPER003_NORMALISATION,
     PAPER003_NORMALISATIONS,
     PRESETS,
     Preset,
     Step,
     apply_preset,
+    breast_centred_roi,
     cut_patch,
-    default_roi,
     get_preset,
+    patch_side,
+    patch_window,
 )
 from helpers.preprocessing.readers import READERS, ImageReadError, file_kind, read_image
 from helpers.preprocessing.steps import (
@@ -75,11 +89,13 @@ from helpers.preprocessing.steps import (
 )
 
 __all__ = [
-    "CACHE_DTYPE", "CLEAN_TOLERANCE", "CROP_STEPS", "ImageReadError", "PAPER003_NORMALISATION",
-    "PAPER003_NORMALISATIONS", "PREPROCESSING_VERSION", "PRESETS", "PreparedArrays", "Preset",
-    "READERS", "RESIZE_METHODS", "STEPS", "Size", "Step", "apply_preset", "as_rgb",
-    "bilateral_filter", "cache_key", "clahe", "contrast_stretch", "cut_patch", "default_roi",
-    "downscale", "file_kind", "gaussian_filter", "get_preset", "grey_to_rgb", "is_colour",
-    "median_filter", "otsu_crop", "otsu_mask", "parse_roi", "prepare_arrays", "read_image",
-    "remove_artefacts", "resize", "scale_01", "to_float",
+    "CACHE_DTYPE", "CLEAN_TOLERANCE", "CROP_STEPS", "ImageReadError", "MIN_PATCH_SIDE",
+    "PAPER003_NORMALISATION", "PAPER003_NORMALISATIONS", "PATCH_RADIUS", "PATCH_SEED",
+    "PREPROCESSING_VERSION", "PRESETS", "PreparedArrays", "Preset", "READERS", "RESIZE_METHODS",
+    "STEPS", "Size", "Step", "apply_preset", "as_rgb", "assign_normal_radii", "bilateral_filter",
+    "breast_centred_roi", "breast_mask", "cache_key", "clahe", "contrast_stretch", "cut_patch", "downscale",
+    "file_kind", "gaussian_filter", "get_preset", "grey_to_rgb", "in_breast_fraction", "is_colour",
+    "median_filter", "normal_patch_roi", "otsu_crop", "otsu_mask", "parse_roi", "patch_side",
+    "patch_window", "prepare_arrays", "read_image", "remove_artefacts", "resize", "scale_01",
+    "to_float",
 ]

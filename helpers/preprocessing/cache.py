@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 
 from helpers.paths import atomic_path, cache_dir as default_cache_dir
-from helpers.preprocessing.presets import Preset, apply_preset, default_roi, get_preset
+from helpers.preprocessing.patches import PATCH_RADIUS, PATCH_SEED, normal_patch_roi
+from helpers.preprocessing.presets import Preset, apply_preset, get_preset
 from helpers.preprocessing.readers import ImageReadError, read_image
 from helpers.preprocessing.steps import Size, _size_hw
 
-PREPROCESSING_VERSION = "3"
+PREPROCESSING_VERSION = "4"
 """Bumped whenever a step changes its output, so that old cached arrays are not reused."""
 
 CACHE_DTYPE = np.float16
@@ -61,6 +62,14 @@ def parse_roi(text: str, image_path: str = "") -> tuple[float, float, float] | N
     return cx, cy, r
 
 
+def _normal_patches(manifest: pd.DataFrame) -> list[tuple[float, int] | None]:
+    """Each row's lesion-free (patch radius, seed) from :func:`assign_normal_radii`, or None."""
+    if PATCH_RADIUS not in manifest.columns or PATCH_SEED not in manifest.columns:
+        return [None] * len(manifest)
+    return [None if pd.isna(radius) or pd.isna(seed) or int(seed) < 0 else (float(radius), int(seed))
+            for radius, seed in zip(manifest[PATCH_RADIUS], manifest[PATCH_SEED])]
+
+
 def _file_stamp(path: str) -> tuple[int, int]:
     try:
         info = Path(path).stat()
@@ -71,9 +80,12 @@ def _file_stamp(path: str) -> tuple[int, int]:
 
 def cache_key(manifest: pd.DataFrame, preset: str | Preset, *, image_size: Size,
               use_roi: bool = False, roi_scale: float = 2.0) -> str:
-    """sha256 over the version, preset (steps and colour), size, roi settings and each row's file identity."""
+    """sha256 over the version, preset (steps and colour), size, roi settings and each row's file
+    identity, roi, and lesion-free patch radius and seed (:func:`assign_normal_radii`)."""
     preset = get_preset(preset)
     rows = manifest["roi"] if "roi" in manifest.columns else [""] * len(manifest)
+    normal_patches = ["" if patch is None else f"{patch[0]!r}@{patch[1]}"
+                      for patch in _normal_patches(manifest)]
     payload = {
         "version": PREPROCESSING_VERSION,
         "preset": preset.name,
@@ -82,8 +94,8 @@ def cache_key(manifest: pd.DataFrame, preset: str | Preset, *, image_size: Size,
         "color": bool(preset.color),
         "use_roi": bool(use_roi),
         "roi_scale": float(roi_scale),
-        "rows": [[str(path), _roi_text(roi), *_file_stamp(str(path))]
-                 for path, roi in zip(manifest["image_path"], rows)],
+        "rows": [[str(path), _roi_text(roi), normal, *_file_stamp(str(path))]
+                 for path, roi, normal in zip(manifest["image_path"], rows, normal_patches)],
     }
     return hashlib.sha256(json.dumps(payload, default=repr).encode()).hexdigest()
 
@@ -107,6 +119,15 @@ def _load_cached(cache_file: Path, manifest: pd.DataFrame) -> PreparedArrays | N
     return PreparedArrays(as_rgb(x), rows, skipped, cache_file, from_cache=True)
 
 
+def _require_normal_patches(manifest: pd.DataFrame, rois: Any, normal_patches: list) -> None:
+    """ValueError naming the first lesion-free row (empty roi) without a patch radius and seed."""
+    for path, roi_text, patch in zip(manifest["image_path"], rois, normal_patches):
+        if patch is None and parse_roi(roi_text, str(path)) is None:
+            raise ValueError(f"{path}: a lesion-free row (empty roi) needs a patch radius and seed "
+                             f"(columns {PATCH_RADIUS!r}, {PATCH_SEED!r}) for use_roi=True: give them with "
+                             f"helpers.preprocessing.assign_normal_radii(manifest, seed)")
+
+
 def prepare_arrays(manifest: pd.DataFrame, preset: str | Preset, *, image_size: Size,
                    use_roi: bool = False, roi_scale: float = 2.0, cache_dir: Path | None = None,
                    on_error: str = "raise", progress: bool = False) -> PreparedArrays:
@@ -116,8 +137,10 @@ def prepare_arrays(manifest: pd.DataFrame, preset: str | Preset, *, image_size: 
     one channel and returned as a read-only three-channel view of it (:func:`as_rgb`), so it
     takes a sixth of the memory of three float32 channels.
 
-    ``use_roi=True`` cuts a lesion patch per row from its ``roi`` ("cx,cy,r"); a row with an
-    empty roi is centred on its Otsu breast mask with ``r = min(h, w) / 8`` (:func:`default_roi`).
+    ``use_roi=True`` cuts a lesion patch per row from its ``roi`` ("cx,cy,r"); a lesion-free row
+    (empty roi) is cut like one, with the radius and seed :func:`assign_normal_radii` gave it, at
+    a seeded random position inside the breast (:func:`normal_patch_roi`); a lesion-free row
+    without them is a ValueError naming its file.
     The cache file ``<dir>/<preset>-<h>x<w>-<key16>.npz`` (dir defaults to
     ``helpers.paths.cache_dir()/"arrays"``) is reused when :func:`cache_key` matches, without
     reading any image. ``on_error``: "raise" (ImageReadError naming the file) or "skip".
@@ -146,14 +169,20 @@ def prepare_arrays(manifest: pd.DataFrame, preset: str | Preset, *, image_size: 
     kept: list[int] = []
     skipped: list[tuple[str, str]] = []
     rois = manifest["roi"] if "roi" in manifest.columns else [""] * len(manifest)
-    rows = tqdm(enumerate(zip(manifest["image_path"], rois)), total=len(manifest),
+    normal_patches = _normal_patches(manifest) if use_roi else [None] * len(manifest)
+    if use_roi:
+        _require_normal_patches(manifest, rois, normal_patches)
+    rows = tqdm(enumerate(zip(manifest["image_path"], rois, normal_patches)), total=len(manifest),
                 disable=not progress, desc=f"preprocessing ({preset.name})")
-    for position, (path, roi_text) in rows:
+    for position, (path, roi_text, normal_patch) in rows:
         try:
             img = read_image(path, color=preset.color)
             roi = None
             if use_roi:
-                roi = parse_roi(roi_text, str(path)) or default_roi(img)
+                roi = parse_roi(roi_text, str(path))
+                if roi is None:
+                    radius, seed = normal_patch
+                    roi = normal_patch_roi(img, radius, seed, roi_scale, source=str(path))
             images.append(apply_preset(img, preset, image_size=(h, w), roi=roi, roi_scale=roi_scale))
             kept.append(position)
         except ImageReadError as error:

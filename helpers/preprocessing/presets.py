@@ -230,13 +230,27 @@ def get_preset(name_or_preset: str | Preset) -> Preset:
     raise TypeError(f"expected a preset name or Preset, got {type(name_or_preset).__name__}")
 
 
-def cut_patch(img: np.ndarray, roi: tuple[float, float, float], roi_scale: float = 2.0) -> np.ndarray:
-    """Square patch of side ``max(2 * roi_scale * r, 32)`` centred on ``(cx, cy)``, zero-padded."""
+MIN_PATCH_SIDE = 32
+"""The smallest side of a cut patch in pixels of the stored image (:func:`patch_side`)."""
+
+
+def patch_side(r: float, roi_scale: float = 2.0) -> int:
+    """Side in pixels of the square patch cut around a roi of radius ``r``: ``max(2 * roi_scale * r, 32)``."""
+    return max(round(2 * roi_scale * float(r)), MIN_PATCH_SIDE)
+
+
+def patch_window(roi: tuple[float, float, float], roi_scale: float = 2.0) -> tuple[int, int, int]:
+    """``(top, left, side)`` of the patch :func:`cut_patch` cuts (may reach past the image border)."""
     cx, cy, r = (float(v) for v in roi)
     if not all(math.isfinite(v) for v in (cx, cy, r)) or r < 0:
         raise ValueError(f"invalid roi {roi!r}: expected finite (cx, cy, r) with r >= 0")
-    side = max(round(2 * roi_scale * r), 32)
-    top, left = round(cy - side / 2), round(cx - side / 2)
+    side = patch_side(r, roi_scale)
+    return round(cy - side / 2), round(cx - side / 2), side
+
+
+def cut_patch(img: np.ndarray, roi: tuple[float, float, float], roi_scale: float = 2.0) -> np.ndarray:
+    """Square patch of side :func:`patch_side` centred on ``(cx, cy)``, zero-padded past the border."""
+    top, left, side = patch_window(roi, roi_scale)
     patch = np.zeros((side, side) + img.shape[2:], img.dtype)
     h, w = img.shape[:2]
     src_top, src_left = max(top, 0), max(left, 0)
@@ -247,11 +261,14 @@ def cut_patch(img: np.ndarray, roi: tuple[float, float, float], roi_scale: float
     return patch
 
 
-def default_roi(img: np.ndarray) -> tuple[float, float, float]:
-    """ROI for a row without one: centroid of the Otsu breast mask, ``r = min(h, w) / 8``.
+def breast_centred_roi(img: np.ndarray) -> tuple[float, float, float]:
+    """The centroid of the Otsu breast mask with ``r = min(h, w) / 8``: the *old* rule for a
+    lesion-free image, kept only for demonstrations (lesson 1's shortcut section, a display patch).
 
-    The mask is computed on a copy downscaled to 512 px (speed); an empty mask gives the
-    image centre.
+    Never use it to prepare training data: its patches differ from lesion patches in scale,
+    sharpness and position, a shortcut a classifier learns instead of the lesion. Training data
+    gets :func:`helpers.preprocessing.normal_patch_roi`. The mask is computed on a copy
+    downscaled to 512 px (speed); an empty mask gives the image centre.
     """
     h, w = img.shape[:2]
     small = downscale(_as_float(img), 512)

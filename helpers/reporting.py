@@ -57,6 +57,17 @@ def data_named(run: dict[str, Any]) -> str:
     return named
 
 
+def data_used(entries: list[dict[str, Any]]) -> list[str]:
+    """Each distinct data description (:func:`data_named`, with the folders) of the finished runs."""
+    seen: dict[str, None] = {}
+    for entry in entries:
+        run = (entry["metrics"] or {}).get("run")
+        if run:
+            folders = [str(run[key]) for key in ("data_dir", "test_data_dir") if run.get(key)]
+            seen[data_named(run) + (f" (from {', '.join(folders)})" if folders else "")] = None
+    return list(seen)
+
+
 def results_table(entries: list[dict[str, Any]], level: str = "image_level") -> pd.DataFrame:
     """Our results: one row per run with metrics (value and 95 % CI) and their provenance."""
     rows = []
@@ -392,6 +403,15 @@ def _paired_auc(imagenet: dict[str, Any], scratch: dict[str, Any]) -> dict[str, 
                                        n_boot=int(boot.get("n_boot") or 1000), seed=int(boot.get("seed") or 0))
 
 
+def _tested(metrics: dict[str, Any] | None) -> str:
+    """"N images, M patients" a run was tested on ("" when it has no metrics)."""
+    images = ((metrics or {}).get("image_level") or {}).get("n")
+    patients = ((metrics or {}).get("patient_level") or {}).get("n")
+    if images is None:
+        return ""
+    return f"{images} images" + (f", {patients} patients" if patients is not None else "")
+
+
 def transfer_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
     """Per backbone: test AUC from ImageNet weights and from random weights (the plan's
     ``baseline_of`` pairs: same recipe, data and test split), each with its 95 % CI, and the
@@ -412,7 +432,7 @@ def transfer_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
         theirs = (imagenet["metrics"] or {}).get("run") or {}
         rows.append({
             "backbone": run.get("backbone") or theirs.get("backbone") or scratch["name"],
-            "recipe": f"paper {run.get('study') or theirs.get('study', '?')}",
+            "recipe": f"paper {run.get('study') or theirs.get('study', '?')}, {run.get('task') or theirs.get('task', '?')}",
             "imagenet_run": original,
             "imagenet_auc": imagenet_auc,
             "imagenet_95ci": imagenet_ci if imagenet["metrics"] else (
@@ -423,7 +443,7 @@ def transfer_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
             "difference": paired["difference"] if paired else None,
             "difference_95ci": (f"[{paired['ci_low']:.3f}, {paired['ci_high']:.3f}]" if paired else ""),
             "n_test": (f"{paired['n']} images, {paired['n_groups']} patients" if paired
-                       else _text(((scratch["metrics"] or {}).get("image_level") or {}).get("n"))),
+                       else _tested(scratch["metrics"])),
             "imagenet_arm": (f"{theirs.get('weights')}, freeze {theirs.get('freeze')}, "
                              f"normalisation {theirs.get('normalisation')}, {theirs.get('epochs')} epochs"
                              + (", cached features" if theirs.get("cache_features") else "")) if theirs else
@@ -660,9 +680,18 @@ def build_report(folder: Path | str, *, profile: str) -> Path:
         evaluation.save_figure(evaluation.plot_per_class(blocks, title=f"Per class, image level, test split: "
                                                          f"every run of the {profile} profile"),
                                folder / "per_class.png")
-    scaled = settings.get("scaled_down") or []
+    scaled = list(settings.get("scaled_down") or [])
+    description = ' '.join(str(settings.get('description', '')).split())
+    used = data_used(entries)
+    own = settings.get("dataset")
+    if used and own and any(own not in datasets for datasets in used):
+        # the profile's description and its scaled-down note on the data are about its own data
+        description = (f"its settings (input size, epochs, freezing, weights, ...) on other data than its "
+                       f"own ({own}): the data line below")
+        scaled = [item for item in scaled if own not in item]
     intro = [
-        f"Profile **{profile}**: {' '.join(str(settings.get('description', '')).split())}",
+        f"Profile **{profile}**: {description}",
+        "Data of these runs: " + ("; ".join(used) if used else "no run has finished") + ".",
         "Scaled down from the papers: " + ("; ".join(scaled) if scaled else "nothing") + ".",
         "Numbers under *ours* were produced by this project on the data, weights and profile named in "
         "each row; numbers under *paper* are quoted from the publications, measured on their data.",

@@ -139,3 +139,26 @@ def test_report_shows_per_class_rows_figure_and_the_baseline(tmp_path):
     assert f"## {reporting.BASELINE_HEADING}" in markdown and "| always Class 0 | 0.954 |" in markdown
     assert "paper_averaging" in markdown and "![per_class.png](per_class.png)" in markdown
     assert (tmp_path / "per_class.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_report_on_other_data_than_the_profiles_says_which_and_drops_its_data_caveat(tmp_path):
+    entry = _entry("real_nva_vgg16_scratch", "000", "vgg16", BINARY)
+    run = {**entry["metrics"]["run"], "dataset": "mias", "data_dir": "/data/mias", "split": "cv", "cv_folds": 5,
+           "cv_repeats": 1, "profile": "cpu", "head": "h", "notebook": "x", "batch_size": 8, "seed": 1,
+           "preset": "p", "n_train": 1, "n_val": 1, "n_test": 50}
+    evaluation.write_metrics_json(tmp_path / entry["name"] / "metrics.json",
+                                  {**entry["metrics"], "run": run, "environment": ENVIRONMENT})
+    (tmp_path / entry["name"] / "run.json").write_text(json.dumps({"status": "ok"}))
+    markdown = (reporting.build_report(tmp_path, profile="cpu").parent / "index.md").read_text()
+    intro = markdown.split("\n## ")[0]
+    assert "Data of these runs: mias, 5-fold cv by patient (from /data/mias)." in intro
+    assert "other data than its own (synthetic)" in intro and "synthetic phantoms" not in intro
+    assert "input size 96 px instead of 224/227 px" in intro  # the profile's other caveats stay
+    own = tmp_path / "own"
+    entry = _entry("tl_000_vgg16", "000", "vgg16", BINARY)
+    evaluation.write_metrics_json(own / entry["name"] / "metrics.json",
+                                  {**entry["metrics"], "run": {**run, "dataset": "synthetic", "data_dir": None,
+                                                               "split": "patient"}, "environment": ENVIRONMENT})
+    (own / entry["name"] / "run.json").write_text(json.dumps({"status": "ok"}))
+    markdown = (reporting.build_report(own, profile="cpu").parent / "index.md").read_text()
+    assert "synthetic phantoms (240 patients)" in markdown and "Data of these runs: synthetic." in markdown

@@ -73,6 +73,11 @@ def patient_split(
         n_val = min(n_val, n - n_test - 1) if n - n_test > 1 else 0
         for i, patient in enumerate(patients):
             assignment[patient] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return _with_split(manifest, assignment)
+
+
+def _with_split(manifest: pd.DataFrame, assignment: dict[str, str]) -> pd.DataFrame:
+    """A copy of ``manifest`` with each row's ``split`` its patient's (``assignment``), leak-checked."""
     result = manifest.copy()
     result["split"] = result["patient_id"].map(assignment)
     check_no_leakage(result)
@@ -232,10 +237,7 @@ def user_split(path: Path | str, manifest: pd.DataFrame, *, test_dataset: str | 
     empty = [split for split in expected if split not in assignment.values()]
     if empty:
         raise ValueError(f"{path}: no patient in split(s) {empty}")
-    result = manifest.copy()
-    result["split"] = result["patient_id"].map(assignment)
-    check_no_leakage(result)
-    return result
+    return _with_split(manifest, assignment)
 
 
 def load_split(path: Path | str, manifest: pd.DataFrame) -> pd.DataFrame:
@@ -245,10 +247,7 @@ def load_split(path: Path | str, manifest: pd.DataFrame) -> pd.DataFrame:
     missing = sorted(set(manifest["patient_id"]) - set(assignment))
     if missing:
         raise ValueError(f"{path}: {len(missing)} patient(s) of the manifest are in no split, e.g. {missing[0]}")
-    result = manifest.copy()
-    result["split"] = result["patient_id"].map(assignment)
-    check_no_leakage(result)
-    return result
+    return _with_split(manifest, assignment)
 
 
 def manifest_fingerprint(manifest: pd.DataFrame) -> str:

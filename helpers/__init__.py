@@ -2,7 +2,8 @@
 
 One module per stage of the data flow (see README.md):
 datasets -> splits -> preprocessing -> augmentation -> models -> training
--> evaluation -> reporting, with the runner (``python -m helpers``) on top.
+-> evaluation (with ``explain``: CAM, Grad-CAM and a localisation score) -> reporting, with the
+runner (``python -m helpers``) on top.
 
 ``import helpers`` does not import Keras: the modules that use it import ``helpers.backend``
 first, which imports Keras quietly (see there), so that commands needing no model start at once.

@@ -186,4 +186,7 @@ def _weights(action: str, names: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    from helpers.runner import skip_iri_grammars
+
+    skip_iri_grammars()  # this process imports nbformat (reports, notebook metadata): seconds saved
     sys.exit(main())

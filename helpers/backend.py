@@ -17,6 +17,8 @@ so that a rerun on the same machine writes the same bytes.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import platform
 import sys
@@ -47,10 +49,43 @@ def quiet_stderr() -> Iterator[None]:
         os.close(devnull)
 
 
+def _configured_backend() -> str:
+    """The backend Keras will load, read as Keras reads it: ``KERAS_BACKEND``, else ``backend`` in
+    ``keras.json`` (in ``KERAS_HOME``, default ``~/.keras``), else ``tensorflow``."""
+    name = os.environ.get("KERAS_BACKEND")
+    if not name:
+        home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+        try:
+            with open(os.path.join(home, "keras.json"), encoding="utf-8") as config:
+                name = json.load(config).get("backend")
+        except (OSError, ValueError, AttributeError):
+            name = None
+    return name or "tensorflow"
+
+
+@contextmanager
+def _hidden(module: str) -> Iterator[None]:
+    """``import module`` fails meanwhile (nothing changes for a module imported already)."""
+    if module in sys.modules:
+        yield
+        return
+    sys.modules[module] = None  # type: ignore[assignment]  (Python's marker: import fails)
+    try:
+        yield
+    finally:
+        if module in sys.modules and sys.modules[module] is None:
+            del sys.modules[module]
+
+
 def _import_keras_quietly() -> None:
     if "keras" in sys.modules:
         return
     with quiet_stderr():
+        if _configured_backend() == "tensorflow":
+            # TensorFlow imports JAX, where it is installed, for TFLite's JAX converter: 0.6 s of
+            # every TensorFlow process for nothing here (JAX stays importable afterwards)
+            with _hidden("jax"), contextlib.suppress(ImportError):
+                import tensorflow  # noqa: F401
         import keras  # noqa: F401
 
 

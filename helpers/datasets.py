@@ -282,9 +282,9 @@ def _options_key(options: dict) -> str:
 def _read_manifest_csv(path: Path, root: Path) -> pd.DataFrame:
     """Read a manifest CSV whose paths are relative to ``root``; make them absolute."""
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    for column in ("image_path", "breast_mask_path"):
-        if column in df.columns:
-            df[column] = [str(root / p) for p in df[column]]
+    for column in ("image_path", "breast_mask_path", LESION_MASK_COLUMN):
+        if column in df.columns:  # "" stays "": no file (a normal image has no lesion mask)
+            df[column] = [str(root / p) if p else "" for p in df[column]]
     return df
 
 
@@ -299,10 +299,46 @@ def _reusable(root: Path, options: dict) -> pd.DataFrame | None:
     except json.JSONDecodeError:
         return None
     df = _read_manifest_csv(manifest_path, root)
-    paths = list(df.get("image_path", [])) + list(df.get("breast_mask_path", []))
+    paths = [p for column in ("image_path", "breast_mask_path", LESION_MASK_COLUMN) for p in df.get(column, []) if p]
     if len(df) == 0 or not all(Path(p).is_file() for p in paths):
         return None
     return df
+
+
+LESION_MASK_COLUMN = "lesion_mask_path"
+"""Manifest column of the synthetic dataset: each lesion's true mask (PNG, 255 inside), "" for a normal
+image. Other datasets give lesions by ``roi`` (centre and radius) only."""
+
+
+def _lesion_mask_rel(name: str) -> str:
+    return f"lesions/{name}.png"
+
+
+def _write_lesion_mask(root: Path, name: str, phantom: phantoms.Phantom) -> str:
+    """Write a phantom's true lesion mask (uint8, 255 inside) and return its path under ``root``;
+    "" (nothing written) for a normal phantom."""
+    if phantom.label == "normal" or not phantom.lesion_mask.any():
+        return ""
+    relative = _lesion_mask_rel(name)
+    _write_png(root / relative, phantom.lesion_mask.astype(np.uint8) * 255)
+    return relative
+
+
+def _add_lesion_masks(root: Path, options: dict) -> pd.DataFrame:
+    """A folder written before lesion masks were: render its phantoms again (deterministic: the
+    same options give the same phantoms), write only their lesion masks and the manifest's
+    :data:`LESION_MASK_COLUMN`; the images, and so every cache keyed on them, stay as they are."""
+    relative = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)
+    masks = {}
+    for patient_id, phantom in phantoms.generate(options["n_patients"], seed=options["seed"],
+                                                 image_size=options["image_size"],
+                                                 difficulty=options["difficulty"], views=tuple(options["views"]),
+                                                 class_balance=tuple(options["class_balance"])):
+        name = f"{patient_id}_{phantom.laterality}_{phantom.view}"
+        masks[name] = _write_lesion_mask(root, name, phantom)
+    relative[LESION_MASK_COLUMN] = [masks.get(Path(p).stem, "") for p in relative["image_path"]]
+    write_text_atomic(root / "manifest.csv", relative.to_csv(index=False))
+    return _read_manifest_csv(root / "manifest.csv", root)
 
 
 def synthetic(root: str | Path | None = None, *, n_patients: int = 60, seed: int = 0,
@@ -316,8 +352,10 @@ def synthetic(root: str | Path | None = None, *, n_patients: int = 60, seed: int
     chunk saying 12) or (``file_format="dicom"``) 12-bit DICOM, optionally inverted MONOCHROME1;
     :func:`helpers.preprocessing.read_image` reads either back as the phantom divided by 4095.
     ``with_masks=True`` adds breast-silhouette PNGs in ``root/masks`` (column ``breast_mask_path``).
+    Every lesion's true mask is written to ``root/lesions`` (column :data:`LESION_MASK_COLUMN`, ""
+    for normal images; a folder of an earlier version gets them added, its images untouched).
     ``root`` defaults to ``cache_dir()/synthetic/<options hash>``. A later call with the same
-    options reuses the files. Extra column: ``lesion_kind``.
+    options reuses the files. Extra columns: ``lesion_kind``, ``lesion_mask_path``.
     """
     if file_format not in ("png", "dicom"):
         raise ValueError(f"file_format must be 'png' or 'dicom', got {file_format!r}")
@@ -332,7 +370,7 @@ def synthetic(root: str | Path | None = None, *, n_patients: int = 60, seed: int
     root = root.expanduser().resolve()
     reused = _reusable(root, options)
     if reused is not None:
-        return reused
+        return reused if LESION_MASK_COLUMN in reused.columns else _add_lesion_masks(root, options)
     write_text_atomic(root / "options.json", json.dumps(options, indent=2, sort_keys=True))
     suffix = ".dcm" if file_format == "dicom" else ".png"
     rows = []
@@ -349,7 +387,8 @@ def synthetic(root: str | Path | None = None, *, n_patients: int = 60, seed: int
         row = {"image_path": image_rel, "label": phantom.label, "patient_id": patient_id,
                "dataset": "synthetic", "view": phantom.view, "laterality": phantom.laterality,
                "roi": ",".join(map(str, phantom.roi)) if phantom.roi else "",
-               "magnification": "", "lesion_kind": phantom.lesion_kind}
+               "magnification": "", "lesion_kind": phantom.lesion_kind,
+               LESION_MASK_COLUMN: _write_lesion_mask(root, name, phantom)}
         if with_masks:
             mask_rel = f"masks/{name}.png"
             _write_png(root / mask_rel, phantom.breast_mask.astype(np.uint8) * 255)

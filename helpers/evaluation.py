@@ -48,7 +48,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import precision_recall_fscore_support, roc_curve
 
-from helpers.figures import new_figure
+from helpers.figures import IMAGE_DPI, _show, new_figure
 
 from helpers.paths import atomic_path, write_text_atomic
 
@@ -654,28 +654,100 @@ def plot_roc(y_true: np.ndarray, y_prob: np.ndarray, class_names: Sequence[str],
     return fig
 
 
+CORRECT_COLOUR, WRONG_COLOUR = "tab:green", "tab:red"  # of a predictions grid's frames and titles
+CORRECT_MARK, WRONG_MARK = "\u2713", "\u2717"  # check and cross: the colours' meaning without colour vision
+
+
+def sample_cases(n_cases: int, n: int, *, seed: int) -> np.ndarray:
+    """``min(n, n_cases)`` distinct case indices drawn with ``seed``, in increasing order (the same
+    seed draws the same cases)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a whole number of images >= 1, got {n!r}")
+    if n_cases < 1:
+        raise ValueError("there are no cases to draw from")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(int(n_cases), size=min(int(n), int(n_cases)), replace=False))
+
+
+def plot_predictions_grid(images: np.ndarray, y_true: np.ndarray, y_prob: np.ndarray, class_names: Sequence[str],
+                          *, n: int = 16, seed: int = 0, title: str = "", ncols: int = 4) -> Figure:
+    """Test images with their predicted and true class (paper 002's Figure 7): a fixed sample of
+    ``n`` of them (:func:`sample_cases` with ``seed``; all of them if there are fewer).
+
+    ``y_prob`` is the class probabilities (``(N, C)``, or 1-D floats: class 1's, as everywhere here),
+    each title then giving the probability of the predicted class; or 1-D integer predicted classes.
+    A correct prediction has a green frame and title and a check mark, a wrong one red and a cross.
+    """
+    names = _check_class_names(class_names)
+    labels = _check_labels(y_true, len(names), "y_true")
+    scores = np.asarray(y_prob)
+    if scores.ndim == 1 and scores.dtype.kind in "iub":
+        predicted, confidence = _check_labels(scores, len(names), "y_pred"), None
+    else:
+        prob = _as_prob_matrix(scores, len(names))
+        predicted, confidence = prob.argmax(axis=1), prob.max(axis=1)
+    pictures = np.asarray(images)
+    if pictures.ndim not in (3, 4) or (pictures.ndim == 4 and pictures.shape[-1] not in (1, 3)):
+        raise ValueError(f"images must have shape (N, H, W) or (N, H, W, 1 or 3), got {pictures.shape}")
+    if not len(pictures) == len(labels) == len(predicted):
+        raise ValueError(f"images has {len(pictures)} cases, y_true {len(labels)} and y_prob {len(predicted)}: "
+                         "give the same cases to all three")
+    picked = sample_cases(len(labels), n, seed=seed)
+    ncols = max(1, min(int(ncols), len(picked)))
+    nrows = math.ceil(len(picked) / ncols)
+    fig = new_figure(figsize=(2.2 * ncols, 2.4 * nrows + 1.0), dpi=IMAGE_DPI)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, i in zip(axes, picked):
+        right = bool(predicted[i] == labels[i])
+        colour, mark = (CORRECT_COLOUR, CORRECT_MARK) if right else (WRONG_COLOUR, WRONG_MARK)
+        share = "" if confidence is None else f" ({confidence[i]:.2f})"
+        _show(ax, pictures[i])
+        ax.set_axis_on()  # for the coloured frame
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_edgecolor(colour)
+            spine.set_linewidth(3)
+        ax.set_title(f"{mark} pred: {names[predicted[i]]}{share}\ntrue: {names[labels[i]]}", color=colour,
+                     fontsize=8)
+    for ax in axes[len(picked):]:
+        ax.axis("off")
+    correct = int((predicted[picked] == labels[picked]).sum())
+    key = (f"{len(picked)} of {len(labels)} test images (drawn with seed {seed}): {correct} correct (green "
+           f"{CORRECT_MARK}), {len(picked) - correct} wrong (red {WRONG_MARK})"
+           + ("; pred (probability) / true" if confidence is not None else "; pred / true"))
+    fig.suptitle(f"{title}\n{key}" if title else key, fontsize=9)
+    return fig
+
+
 def plot_history(history: pd.DataFrame, *, title: str = "") -> Figure:
     """Loss and accuracy per epoch, training against validation, in two panels.
 
     ``history`` is the CSV history of a run as a DataFrame (columns ``epoch``, ``loss``,
     ``accuracy``, ``val_loss``, ``val_accuracy``; a mapping or a Keras ``History`` also works).
+    Epochs are plotted as the history numbers them (:func:`history_epochs`); a second training
+    phase (``phase`` 2: fine-tuning) is shaded.
     """
     if hasattr(history, "history") and isinstance(history.history, Mapping):
         history = history.history
     frame = history if isinstance(history, pd.DataFrame) else pd.DataFrame(history)
     if frame.empty or "loss" not in frame.columns:
         raise ValueError(f"history needs a 'loss' column and at least one epoch, got columns {list(frame.columns)}")
-    epochs = frame["epoch"].to_numpy() + 1 if "epoch" in frame.columns else np.arange(1, len(frame) + 1)
+    epochs = history_epochs(frame)
     accuracy = next((column for column in ACCURACY_COLUMNS if column in frame.columns), None)
+    fine_tuned = epochs[frame["phase"].to_numpy() == 2] if "phase" in frame.columns else epochs[:0]
     fig = new_figure(figsize=(9.0, 3.5))
     loss_ax, accuracy_ax = fig.subplots(1, 2)
     for ax, column, panel in ((loss_ax, "loss", "Loss"), (accuracy_ax, accuracy, "Accuracy")):
         ax.set_title(panel)
         ax.set_xlabel("Epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(epochs.min() - 0.5, epochs.max() + 0.5)  # whole epochs, even a single one
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         if column is None:
             ax.text(0.5, 0.5, "no accuracy recorded", ha="center", va="center", transform=ax.transAxes)
             continue
+        if fine_tuned.size:  # the second phase of training.train: the base unfrozen
+            ax.axvspan(fine_tuned[0] - 0.5, fine_tuned[-1] + 0.5, color="0.9", zorder=0, label="fine-tuning")
         ax.plot(epochs, frame[column].to_numpy(), marker="o", label="train")
         if f"val_{column}" in frame.columns:
             ax.plot(epochs, frame[f"val_{column}"].to_numpy(), marker="o", label="validation")
@@ -683,6 +755,153 @@ def plot_history(history: pd.DataFrame, *, title: str = "") -> Figure:
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def history_epochs(history: pd.DataFrame) -> np.ndarray:
+    """The epochs of a history as it numbers them (``helpers.training`` writes ``epoch`` from 1, and
+    a fine-tuning phase goes on from the first phase's last epoch); 1, 2, ... without ``epoch``."""
+    if "epoch" not in history.columns:
+        return np.arange(1, len(history) + 1)
+    return history["epoch"].to_numpy()
+
+
+HISTORY_FILE = "history.csv"  # the name helpers.training.train writes (training.HISTORY_FILE)
+
+
+def read_history(path: Path | str) -> pd.DataFrame:
+    """A run's ``history.csv`` as :func:`helpers.training.train` wrote it: one row per epoch,
+    ``epoch`` numbered from 1, ``loss`` and the other logs as numbers.
+
+    FileNotFoundError when the file is missing; ValueError naming the file when it cannot be read,
+    lacks ``epoch`` or ``loss``, has no epoch, non-numeric values, or epochs that are not whole
+    numbers from 1 upwards in increasing order.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no training history here (a run writes {HISTORY_FILE} when it trains)")
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: cannot read the training history ({error})") from error
+    missing = [column for column in ("epoch", "loss") if column not in frame.columns]
+    if missing or frame.empty:
+        raise ValueError(f"{path}: not a training history: it needs columns epoch and loss and one row per "
+                         f"epoch; got columns {list(frame.columns)} and {len(frame)} rows")
+    text = [column for column in frame.columns if not pd.api.types.is_numeric_dtype(frame[column])]
+    if text:
+        raise ValueError(f"{path}: column(s) {text} of the training history hold values that are not numbers")
+    epochs = frame["epoch"].to_numpy(dtype=np.float64)
+    if not (np.all(epochs == np.round(epochs)) and epochs[0] >= 1 and np.all(np.diff(epochs) > 0)):
+        raise ValueError(f"{path}: the epochs must be whole numbers from 1 upwards in increasing order, "
+                         f"got {epochs[:5].tolist()}{' ...' if len(epochs) > 5 else ''}")
+    return frame.astype({"epoch": np.int64})
+
+
+def _validation_columns(frame: pd.DataFrame, where: str) -> tuple[str, str]:
+    """The validation accuracy and loss columns of a history; ValueError naming ``where`` without them."""
+    accuracy = next((f"val_{column}" for column in ACCURACY_COLUMNS if f"val_{column}" in frame.columns), None)
+    if accuracy is None or "val_loss" not in frame.columns:
+        raise ValueError(f"{where} has no validation accuracy and loss (columns {list(frame.columns)}); "
+                         "training.train logs val_accuracy and val_loss")
+    return accuracy, "val_loss"
+
+
+_RUN_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")  # hollow, so that equal points all show
+
+
+def plot_validation_curves(histories: Mapping[str, pd.DataFrame], *, title: str = "") -> Figure:
+    """Validation accuracy (left) and validation loss (right) per epoch of several runs, one line
+    per run labelled with its key (paper 002's Figure 6); epochs as each history numbers them.
+
+    Every point is marked (a hollow marker of its own per run), so a one-epoch run (the smoke
+    profile) still shows, and so do runs whose points coincide. ``histories`` maps a
+    label (run name, backbone, weights) to a history as :func:`read_history` returns it.
+    """
+    if not histories:
+        raise ValueError("histories is empty: give at least one run's history")
+    frames = {label: (history if isinstance(history, pd.DataFrame) else pd.DataFrame(history))
+              for label, history in histories.items()}
+    columns = {}
+    for label, frame in frames.items():
+        if frame.empty:
+            raise ValueError(f"histories[{label!r}] has no epoch")
+        columns[label] = _validation_columns(frame, f"histories[{label!r}]")
+    legend_rows = math.ceil(len(frames) / 3)
+    fig = new_figure(figsize=(10.0, 4.0 + 0.22 * legend_rows))
+    accuracy_ax, loss_ax = fig.subplots(1, 2)
+    palette = plt.get_cmap("tab10" if len(frames) <= 10 else "tab20")
+    first, last = math.inf, -math.inf
+    for k, (label, frame) in enumerate(frames.items()):
+        epochs = history_epochs(frame)
+        first, last = min(first, float(epochs.min())), max(last, float(epochs.max()))
+        style = {"color": palette(k % palette.N), "marker": _RUN_MARKERS[k % len(_RUN_MARKERS)],
+                 "markersize": 6 if len(frame) <= 30 else 3, "markerfacecolor": "none",
+                 "linewidth": 1.2, "linestyle": "-" if k < palette.N else "--"}
+        accuracy, loss = columns[label]
+        accuracy_ax.plot(epochs, frame[accuracy].to_numpy(dtype=np.float64), label=label, **style)
+        loss_ax.plot(epochs, frame[loss].to_numpy(dtype=np.float64), **style)
+    for ax, panel in ((accuracy_ax, "Validation accuracy"), (loss_ax, "Validation loss")):
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel("Epoch")
+        ax.set_ylabel(panel.lower())
+        ax.set_xlim(first - 0.5, last + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.grid(alpha=0.3)
+    accuracy_ax.set_ylim(-0.02, 1.02)
+    fig.legend(loc="outside lower center", ncols=min(3, len(frames)), fontsize="x-small")
+    fig.suptitle(title or "Validation accuracy and loss per epoch", fontsize=10)
+    return fig
+
+
+def _short_weights(weights: Any) -> str:
+    """A run record's weights in a word or two: "imagenet", "random" or the file."""
+    text = str(weights)
+    return "random" if weights is None or text.startswith("random") else text.split(" (")[0]
+
+
+def run_history_file(run_folder: Path | str, run: Mapping[str, Any]) -> Path | None:
+    """Where a finished run keeps the history of the network it trained, or None where it trained
+    none: ``history.csv`` in its folder (lesson 3; lesson 4 where it trained its network rather than
+    reusing lesson 3's), or in the folder of its own model (lesson 5: ``fusion/history.csv``)."""
+    folder = Path(run_folder)
+    for candidate in (folder / HISTORY_FILE, folder / str(run.get("classifier", "")) / HISTORY_FILE):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def histories_by_study(entries: Sequence[Mapping[str, Any]]) -> tuple[dict[str, dict[str, pd.DataFrame]], list[str]]:
+    """The training histories of finished runs, by paper: ``({study: {label: history}}, names of the
+    finished runs that have none)``. ``entries`` as ``helpers.reporting.collect_runs`` gives them
+    (``name``, ``dir``, ``metrics``); a label is ``"<run name> (<backbone>, <weights>)"``."""
+    histories: dict[str, dict[str, pd.DataFrame]] = {}
+    without = []
+    for entry in entries:
+        run = (entry.get("metrics") or {}).get("run")
+        if not run:
+            continue  # not finished: nothing to compare
+        path = run_history_file(entry["dir"], run)
+        if path is None:
+            without.append(str(entry["name"]))
+            continue
+        label = f"{entry['name']} ({run.get('backbone')}, {_short_weights(run.get('weights'))})"
+        histories.setdefault(str(run.get("study")), {})[label] = read_history(path)
+    return dict(sorted(histories.items())), without
+
+
+def validation_curves_title(entries: Sequence[Mapping[str, Any]], study: str, profile: str) -> str:
+    """Title of :func:`plot_validation_curves` for one paper's runs: the paper, and which data,
+    profile and Keras backend the runs used (their weights are in the legend)."""
+    from helpers.reporting import data_named  # reporting imports this module
+    from helpers.studies import get_study
+
+    runs = [entry["metrics"] for entry in entries
+            if entry.get("metrics") and str(entry["metrics"]["run"].get("study")) == study]
+    data = ", ".join(sorted({data_named(metrics["run"]) for metrics in runs})) or "no"
+    backends = sorted({(metrics.get("environment") or {}).get("backend") for metrics in runs} - {None})
+    return (f"Paper {study} ({get_study(study).slug}): validation accuracy and loss of its runs per epoch\n"
+            f"{data} data, {profile} profile, Keras backend {', '.join(backends) or 'not recorded'}; "
+            "weights per run in the legend")
 
 
 def save_figure(fig: Figure, path: Path, *, dpi: int = 100) -> Path:
@@ -751,6 +970,34 @@ def _missing_keys(record: Any, version: int = METRICS_SCHEMA_VERSION) -> list[st
         missing += _missing_level_keys(record["image_level"], "image_level", version)
     if record.get("patient_level") is not None:
         missing += _missing_level_keys(record["patient_level"], "patient_level", version)
+    if "localisation" in record:  # optional (helpers.explain); runs before it lack it
+        missing += _missing_localisation_keys(record["localisation"])
+    return missing
+
+
+LOCALISATION_KEYS = ("status", "method", "target_layer", "class_explained", "lesions", "input", "n_images",
+                     "n_patients", "n_boot")
+LOCALISATION_SCORES = ("pointing_game", "mass_inside")
+LOCALISATION_BASELINES = ("uniform", "centred")
+
+
+def _missing_localisation_keys(block: Any) -> list[str]:
+    """The optional ``localisation`` block (:func:`helpers.explain.explain_run`): its descriptive keys;
+    with status "ok" each score's ``value`` and ``ci`` and both baselines' scores, else a ``reason``."""
+    if not isinstance(block, Mapping):
+        return ["localisation (must be an object)"]
+    missing = [f"localisation.{key}" for key in LOCALISATION_KEYS if key not in block]
+    if block.get("status") != "ok":
+        return missing + ([] if "reason" in block else ["localisation.reason"])
+    for score in LOCALISATION_SCORES:
+        entry = block.get(score)
+        missing += [f"localisation.{score}.{key}" for key in ("value", "ci")
+                    if not isinstance(entry, Mapping) or key not in entry]
+    baselines = block.get("baselines")
+    for name in LOCALISATION_BASELINES:
+        entry = baselines.get(name) if isinstance(baselines, Mapping) else None
+        missing += [f"localisation.baselines.{name}.{score}" for score in LOCALISATION_SCORES
+                    if not isinstance(entry, Mapping) or score not in entry]
     return missing
 
 

@@ -549,7 +549,9 @@ def per_class_table(results: dict[str, Any]) -> pd.DataFrame:
 
 
 def figure_title(settings: RunSettings, what: str) -> str:
-    """A figure title that says what is shown and which data, weights and profile produced it."""
+    """A figure title that says what is shown and which data, weights, profile and Keras backend produced it."""
+    import keras
+
     from helpers.models import describe_weights
 
     from helpers.reporting import data_named
@@ -558,7 +560,8 @@ def figure_title(settings: RunSettings, what: str) -> str:
                        "split_file": settings.split_file, "split": settings.split,
                        "cv_folds": settings.cv_folds, "cv_repeats": settings.cv_repeats})
     return (f"{settings.backbone}: {what}\n{data} data, {settings.profile} profile\n"
-            f"weights: {describe_weights(settings.weights)}, normalisation: {settings.normalisation}")
+            f"weights: {describe_weights(settings.weights)}, normalisation: {settings.normalisation}, "
+            f"Keras backend: {keras.backend.backend()}")
 
 
 def evaluate_probabilities(settings: RunSettings, data: PreparedData, y_prob: np.ndarray) -> dict[str, Any]:

@@ -20,6 +20,8 @@ step changes what a layer asked for, it says so in ``scaled_down``.
 from __future__ import annotations
 
 import ast
+import copy
+import functools
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -142,11 +144,18 @@ RECIPE_ALWAYS = ("dataset", "task", "preset", "augmentation", "head", "loss", "f
 PROFILE_KEYS = PROFILE_ONLY_KEYS + SETTABLE
 
 
+@functools.lru_cache(maxsize=8)
+def _parsed_yaml(text: str) -> Any:
+    """``text`` parsed as YAML (safe), once per text: the runner, a lesson and a test resolve
+    settings many times, and parsing the plan is the slow part (libyaml's parser where PyYAML has it)."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def load_plan(path: Path | str | None = None) -> Plan:
     """Read and check ``study.yaml``; errors name the file and the problem."""
     path = Path(path) if path else paths.notebooks_dir() / PLAN_FILE
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = copy.deepcopy(_parsed_yaml(path.read_text(encoding="utf-8")))  # callers may change theirs
     except (OSError, yaml.YAMLError) as error:
         raise ValueError(f"{path}: cannot read the study plan ({error})") from error
     if not isinstance(raw, dict) or "profiles" not in raw or "runs" not in raw:

@@ -349,13 +349,46 @@ def execute(run: PlannedRun, *, fingerprint: str, echo: Callable[[str], None] = 
     if status != "ok":
         # a failed run must not leave metrics that the report would take for real results
         (run_dir / "metrics.json").unlink(missing_ok=True)
+    if output.exists() and not stop.is_set():
+        _render_notebook_page(output, echo)
     return _record(run, status, message, seconds, fingerprint)
+
+
+def _render_notebook_page(notebook: Path, echo: Callable[[str], None]) -> None:
+    """The executed notebook (a failed one too: its error) as HTML beside it, for the report to link
+    to; done here, as each run ends, while the other runs go on (not all at the end). A failure
+    is only said: the report tries again and lists what it could not render."""
+    from helpers import notebook_html
+
+    try:
+        notebook_html.render_if_stale(notebook)
+    except Exception as error:  # noqa: BLE001  (the report lists it)
+        echo(f"could not render {notebook.name} as HTML: {error}")
+
+
+IRI_GRAMMARS = "rfc3987_syntax"
+"""jsonschema, which nbformat (so papermill, nbval and nbconvert) imports, builds this package's 38 IRI
+grammars when it is installed (jupyter-events pulls it in): over 2 s of CPU in every process that
+imports nbformat (python-jsonschema/jsonschema#1428). No notebook schema checks an IRI format."""
+
+
+def skip_iri_grammars() -> None:
+    """Keep :data:`IRI_GRAMMARS` out of this process (jsonschema then only leaves out its "iri" format
+    checks); before nbformat is imported. For the runner's own process (``python -m helpers``) and
+    the tools it starts (:func:`python_module`), never for a kernel: a user's code there may need them."""
+    sys.modules.setdefault(IRI_GRAMMARS, None)
+
+
+def python_module(module: str) -> list[str]:
+    """The command line of ``python -m module`` (papermill, pytest) that skips :data:`IRI_GRAMMARS`."""
+    return [sys.executable, "-c", f"import runpy, sys; sys.modules.setdefault({IRI_GRAMMARS!r}, None); "
+            f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"]
 
 
 def papermill_command(run: PlannedRun, output: Path) -> list[str]:
     """The papermill command line that executes ``run``'s notebook into ``output``."""
     return [
-        sys.executable, "-m", "papermill", str(run.notebook), str(output),
+        *python_module("papermill"), str(run.notebook), str(output),
         "-y", yaml.safe_dump(run.parameters), "--cwd", str(run.notebook.parent),
         "--log-output", "--no-progress-bar", "--kernel", "python3",
     ]
@@ -598,7 +631,7 @@ def refresh_notebooks(notebooks: list[str] | None = None) -> None:
         for notebook in targets:
             print(f"refreshing {notebook}")
             subprocess.run(
-                [sys.executable, "-m", "papermill", str(notebook), str(notebook), "--cwd",
+                [*python_module("papermill"), str(notebook), str(notebook), "--cwd",
                  str(notebook.parent), "--kernel", "python3", "--no-progress-bar"],
                 env=env, check=True,
             )

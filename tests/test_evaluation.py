@@ -7,6 +7,7 @@ import math
 import time
 from pathlib import Path
 
+import matplotlib.colors as mcolors
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -382,10 +383,194 @@ def test_metrics_json_keeps_per_class_and_reads_older_files_without_it(tmp_path)
 # ---------------------------------------------------------------------------- figures
 
 def history_frame() -> pd.DataFrame:
+    """A small history for figure plumbing (epochs numbered from 1, as helpers.training does)."""
     return pd.DataFrame({
-        "epoch": [0, 1, 2], "loss": [0.9, 0.6, 0.4], "accuracy": [0.5, 0.7, 0.8],
+        "epoch": [1, 2, 3], "loss": [0.9, 0.6, 0.4], "accuracy": [0.5, 0.7, 0.8],
         "val_loss": [1.0, 0.8, 0.7], "val_accuracy": [0.5, 0.6, 0.65],
     })
+
+
+def _bright_dark(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class 1 bright, class 0 dark, plus noise: learnable in an epoch or two."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    x = np.where(y == 1, 0.6, -0.6)[:, None, None, None] + rng.normal(0, 0.3, (n, 16, 16, 3))
+    return x.astype("float32"), y
+
+
+@pytest.fixture(scope="module")
+def trained_histories(tmp_path_factory) -> dict[str, tuple[pd.DataFrame, Path]]:
+    """Real history files: a tiny network trained as lesson 3 trains (``pipeline.fit_classifier``,
+    which ``pipeline.train_model`` calls; smoke settings of paper 000), for 3 epochs, and for 2
+    epochs plus 1 of fine-tuning. ``{"plain" | "fine_tuned": (returned history, history.csv)}``."""
+    import keras
+
+    from helpers import pipeline, plan
+
+    def tiny(name: str) -> keras.Model:
+        keras.utils.set_random_seed(0)
+        image = keras.Input((16, 16, 3))
+        # a one-layer stand-in for a backbone: training.train finds the base by its registry name
+        base = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3, activation="relu")],
+                                name="squeezenet")
+        x = keras.layers.GlobalAveragePooling2D()(base(image))
+        return keras.Model(image, keras.layers.Dense(2, activation="softmax")(x), name=name)
+
+    (x_train, y_train), (x_val, y_val) = _bright_dark(16, 1), _bright_dark(8, 2)
+    runs = {}
+    for name, options in (("plain", {"epochs": 3}), ("fine_tuned", {"epochs": 2, "fine_tune_epochs": 1})):
+        settings = plan.resolve_settings("smoke", study="000", **options)
+        folder = tmp_path_factory.mktemp(name)
+        history = pipeline.fit_classifier(settings, tiny(name), x_train, y_train, x_val, y_val, folder, verbose=0)
+        runs[name] = (history, folder / ev.HISTORY_FILE)
+    return runs
+
+
+def _line_data(ax) -> list[tuple[list[float], list[float]]]:
+    return [(list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines]
+
+
+def test_plot_history_draws_a_real_history_file_at_its_own_epochs(trained_histories):
+    returned, path = trained_histories["plain"]  # lesson 3 plots the returned frame, lesson 6 reads the file
+    from_file = ev.read_history(path)
+    pd.testing.assert_frame_equal(from_file, returned, check_dtype=False)
+    assert from_file["epoch"].tolist() == [1, 2, 3]
+    for history in (returned, from_file):
+        loss_ax, accuracy_ax = ev.plot_history(history).axes
+        assert _line_data(loss_ax) == [([1, 2, 3], from_file["loss"].tolist()),
+                                       ([1, 2, 3], from_file["val_loss"].tolist())]
+        assert _line_data(accuracy_ax) == [([1, 2, 3], from_file["accuracy"].tolist()),
+                                           ([1, 2, 3], from_file["val_accuracy"].tolist())]
+        assert not loss_ax.patches  # one phase: nothing shaded
+    keras_like = {column: from_file[column].tolist() for column in ("loss", "val_loss")}  # no epoch column
+    assert _line_data(ev.plot_history(keras_like).axes[0])[0][0] == [1, 2, 3]
+    one_epoch = ev.plot_history(from_file.head(1)).axes[0]  # the smoke profile: whole epochs on the axis
+    low, high = one_epoch.get_xlim()
+    assert [tick for tick in one_epoch.get_xticks() if low <= tick <= high] == [1.0]
+
+
+def test_plot_history_of_a_fine_tuning_run_goes_on_numbering_and_shades_phase_two(trained_histories):
+    returned, path = trained_histories["fine_tuned"]
+    history = ev.read_history(path)
+    assert history["epoch"].tolist() == [1, 2, 3] and history["phase"].tolist() == [1, 1, 2]
+    pd.testing.assert_frame_equal(history, returned, check_dtype=False)
+    for ax, column in zip(ev.plot_history(history).axes, ("loss", "accuracy")):
+        assert _line_data(ax) == [([1, 2, 3], history[column].tolist()), ([1, 2, 3], history[f"val_{column}"].tolist())]
+        (shade,) = ax.patches
+        assert shade.get_label() == "fine-tuning"
+        assert shade.get_x() == 2.5 and shade.get_width() == 1.0  # epoch 3, phase two
+
+
+def test_read_history_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.csv"):
+        ev.read_history(tmp_path / "nowhere.csv")
+    cases = {
+        "empty.csv": ("", "cannot read"),
+        "columns.csv": ("epoch,accuracy\n1,0.5\n", "epoch and loss"),
+        "no_rows.csv": ("epoch,loss\n", "epoch and loss"),
+        "text.csv": ("epoch,loss\n1,0.5\n2,high\n", "not numbers"),
+        "from_zero.csv": ("epoch,loss\n0,0.5\n1,0.4\n", "from 1 upwards"),
+        "unordered.csv": ("epoch,loss\n2,0.5\n1,0.4\n", "increasing"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=f"{name}.*{message}"):
+            ev.read_history(tmp_path / name)
+
+
+def test_plot_validation_curves_draws_one_line_per_run_in_each_panel(trained_histories):
+    histories = {f"run_{name} (tiny, random)": ev.read_history(path) for name, (_, path) in trained_histories.items()}
+    histories["one_epoch (tiny, random)"] = histories["run_plain (tiny, random)"].head(1)
+    fig = ev.plot_validation_curves(histories, title="validation")
+    accuracy_ax, loss_ax = fig.axes
+    assert [accuracy_ax.get_title(), loss_ax.get_title()] == ["Validation accuracy", "Validation loss"]
+    expected = list(histories.values())
+    assert _line_data(accuracy_ax) == [(h["epoch"].tolist(), h["val_accuracy"].tolist()) for h in expected]
+    assert _line_data(loss_ax) == [(h["epoch"].tolist(), h["val_loss"].tolist()) for h in expected]
+    markers = [line.get_marker() for line in accuracy_ax.lines]  # a one-epoch run is a visible point
+    assert len(set(markers)) == 3 and all(marker not in ("", "None", None) for marker in markers)
+    assert accuracy_ax.get_xlim() == (0.5, 3.5)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == list(histories)
+    with pytest.raises(ValueError, match="empty"):
+        ev.plot_validation_curves({})
+    with pytest.raises(ValueError, match="'no_val'.*validation"):
+        ev.plot_validation_curves({"no_val": history_frame().drop(columns="val_loss")})
+
+
+def _run_folder(root: Path, name: str, study: str, classifier: str, history: Path | None, *, sub: str = "") -> dict:
+    folder = root / name
+    (folder / sub).mkdir(parents=True, exist_ok=True)
+    if history is not None:
+        (folder / sub / ev.HISTORY_FILE).write_bytes(history.read_bytes())
+    run = {"name": name, "study": study, "backbone": "vgg16", "weights": "random init (weights=None)",
+           "classifier": classifier, "dataset": "synthetic", "split": "patient"}
+    return {"name": name, "dir": folder, "metrics": {"run": run, "environment": {"backend": "jax"}}}
+
+
+def test_histories_by_study_finds_each_runs_history_and_lists_those_without(tmp_path, trained_histories):
+    from helpers import training
+
+    assert ev.HISTORY_FILE == training.HISTORY_FILE
+    path = trained_histories["plain"][1]
+    entries = [
+        _run_folder(tmp_path, "tl_000_vgg16", "000", "network", path),
+        _run_folder(tmp_path, "svm_000_vgg16", "000", "svm", None),  # reused lesson 3's network
+        _run_folder(tmp_path, "fusion_003", "003", "fusion", path, sub="fusion"),
+        {"name": "failed_run", "dir": tmp_path / "failed_run", "metrics": None},
+    ]
+    histories, without = ev.histories_by_study(entries)
+    assert list(histories) == ["000", "003"] and without == ["svm_000_vgg16"]
+    assert list(histories["000"]) == ["tl_000_vgg16 (vgg16, random)"]
+    pd.testing.assert_frame_equal(histories["003"]["fusion_003 (vgg16, random)"], ev.read_history(path))
+    title = ev.validation_curves_title(entries, "000", "smoke")
+    assert title.startswith("Paper 000 (") and "synthetic data, smoke profile, Keras backend jax" in title
+
+
+def test_predictions_grid_is_a_seeded_sample_coloured_by_correctness():
+    rng = np.random.default_rng(0)
+    images = rng.random((40, 8, 8, 3)).astype("float32")
+    y_true, y_prob = noisy_binary(40, seed=5)
+    predicted = y_prob.argmax(axis=1)
+
+    def shown(fig) -> list[np.ndarray]:
+        return [np.asarray(ax.images[0].get_array()) for ax in fig.axes if ax.images]
+
+    first = ev.plot_predictions_grid(images, y_true, y_prob, BINARY, n=6, seed=3, title="grid")
+    again = ev.plot_predictions_grid(images, y_true, y_prob, BINARY, n=6, seed=3, title="grid")
+    other = ev.plot_predictions_grid(images, y_true, y_prob, BINARY, n=6, seed=4, title="grid")
+    picked = ev.sample_cases(40, 6, seed=3)
+    assert len(set(picked.tolist())) == 6 and picked.tolist() == sorted(picked.tolist())
+    assert all(np.array_equal(a, b) for a, b in zip(shown(first), shown(again)))
+    assert not all(np.array_equal(a, b) for a, b in zip(shown(first), shown(other)))
+    panels = [ax for ax in first.axes if ax.images]
+    assert len(panels) == 6
+    assert sorted(set((predicted[picked] == y_true[picked]).tolist())) == [False, True]  # both kinds shown
+    for ax, i in zip(panels, picked):
+        right = predicted[i] == y_true[i]
+        colour = mcolors.to_rgba(ev.CORRECT_COLOUR if right else ev.WRONG_COLOUR)
+        text = ax.get_title()
+        assert text.startswith(ev.CORRECT_MARK if right else ev.WRONG_MARK)
+        assert f"pred: {BINARY[predicted[i]]} ({y_prob[i].max():.2f})" in text and f"true: {BINARY[y_true[i]]}" in text
+        assert mcolors.to_rgba(ax.title.get_color()) == colour
+        assert all(mcolors.to_rgba(spine.get_edgecolor()) == colour for spine in ax.spines.values())
+    correct = int((predicted[picked] == y_true[picked]).sum())
+    assert f"{correct} correct (green" in first.get_suptitle() and first.get_suptitle().startswith("grid\n")
+
+
+def test_predictions_grid_with_fewer_images_than_asked_and_bad_input():
+    images, y_true = np.zeros((3, 8, 8)), np.array([0, 1, 2])
+    fig = ev.plot_predictions_grid(images, y_true, np.array([0, 2, 2]), THREE, n=16, seed=0)  # classes, no probabilities
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 3 and "(" not in panels[0].get_title() and "3 of 3 test images" in fig.get_suptitle()
+    assert [ax.get_title()[0] for ax in panels] == [ev.CORRECT_MARK, ev.WRONG_MARK, ev.CORRECT_MARK]
+    with pytest.raises(ValueError, match="images has 3 cases, y_true 2"):
+        ev.plot_predictions_grid(images, y_true[:2], THREE_PROB[:2], THREE)
+    with pytest.raises(ValueError, match="y_prob 6"):
+        ev.plot_predictions_grid(images, y_true, THREE_PROB, THREE)
+    with pytest.raises(ValueError, match="n must be"):
+        ev.plot_predictions_grid(images, y_true, y_true, THREE, n=0)
+    with pytest.raises(ValueError, match="shape"):
+        ev.plot_predictions_grid(np.zeros((3, 8)), y_true, y_true, THREE)
 
 
 def test_figures_have_expected_axes_and_stay_out_of_pyplot():

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import models
+from helpers import explain, models
 from helpers.models import (
     BACKBONES,
     HEADS,
@@ -41,6 +41,15 @@ def _batchnorm_statistics_move(model: keras.Model, x: np.ndarray) -> bool:
     return any(not np.array_equal(a, b) for a, b in zip(before, after))
 
 
+def _assert_grad_cam_target(model: keras.Model, backbone: str, classes: int) -> None:
+    """Grad-CAM's automatic target layer (helpers.explain) is the nested backbone's last feature map;
+    the network split there ends in the class logits (symbolic: nothing is computed)."""
+    target = explain.target_layer(model)
+    assert target.name == backbone
+    assert tuple(target.to_map.output.shape) == tuple(model.get_layer(backbone).output.shape), backbone
+    assert tuple(target.from_map.output.shape) == (None, classes), backbone
+
+
 def test_every_backbone_builds_and_outputs_probabilities():
     for name, spec in BACKBONES.items():
         if spec.written_here:
@@ -54,6 +63,7 @@ def test_every_backbone_builds_and_outputs_probabilities():
         np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5, err_msg=name)
         assert spec.name == name and callable(spec.preprocess_input)
         assert len(spec.imagenet_files) == 1 and spec.weights_base_url  # every backbone has ImageNet weights
+        _assert_grad_cam_target(model, name, 3)
 
 
 def test_paper000_head_layers():
@@ -431,11 +441,20 @@ def test_squeezenet_imagenet_file_loads_layer_by_layer(tmp_path, monkeypatch):
     assert first.shape == (2, 13, 13, 512) and np.isfinite(first).all() and first.max() > 0
 
 
-@pytest.mark.parametrize("name, size", [("alexnet", 63), ("squeezenet", 32), ("googlenet", 32)])
+CUSTOM_BACKBONES = [("alexnet", 63), ("squeezenet", 32), ("googlenet", 32)]
+"""The networks written in helpers.models, at their smallest input (the others are walked above)."""
+
+
+def test_custom_backbone_list_is_every_network_written_here():
+    assert {name for name, _ in CUSTOM_BACKBONES} == {name for name, spec in BACKBONES.items() if spec.written_here}
+
+
+@pytest.mark.parametrize("name, size", CUSTOM_BACKBONES)
 def test_custom_backbones_save_reload_and_weights_files(name, size, tmp_path):
     model = build_classifier(name, input_shape=(size, size, 3), freeze="none", num_classes=3,
                              seed=0)
     assert model.name == f"{name}_paper000" and model.get_layer(name).name == name
+    _assert_grad_cam_target(model, name, 3)
     x = _images(2, size)
     expected = keras.ops.convert_to_numpy(model(x, training=False))
     assert expected.shape == (2, 3)

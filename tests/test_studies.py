@@ -259,3 +259,33 @@ def test_every_name_in_the_studies_is_in_the_live_registries():
         scheme = augmentation.SCHEMES[recipe.augmentation_scheme]
         assert recipe.augmentation_scheme == "none" or scheme.study == key, key
         assert set(recipe.settings()) <= set(plan.SETTABLE), key
+
+
+EPOCH_RANGE = re.compile(r"\b(\d+)(?: \(paper (\d{3})\))? to (\d+)(?: epochs)?(?: \(paper (\d{3}))?")
+EPOCH_LIMIT = re.compile(r"(?:up to|at most|as many as) (\d+) epochs")
+
+
+def test_the_lessons_epoch_range_is_the_recipes():
+    """Where lesson 6, README or study.yaml say how long the papers trained ("10 to 200 epochs"), the
+    range and any paper named with its end are those of the recipes in helpers.studies."""
+    import nbformat
+
+    root = Path(__file__).resolve().parents[1]
+    stated = {key: s.recipe.epochs for key, s in STUDIES.items() if s.recipe.epochs is not None}
+    low, high = min(stated.values()), max(stated.values())
+    texts = {"README.md": (root / "README.md").read_text(encoding="utf-8"),
+             "study.yaml": (root / "notebooks" / "study.yaml").read_text(encoding="utf-8")}
+    for notebook in sorted((root / "notebooks").glob("*.ipynb")):
+        cells = nbformat.read(notebook, as_version=4).cells
+        texts[notebook.name] = "\n".join(c.source for c in cells if c.cell_type == "markdown")
+    claims = [(name, match) for name, text in texts.items() for line in text.splitlines()
+              if "epoch" in line and "paper" in line for match in EPOCH_RANGE.finditer(line)]
+    assert {name for name, _ in claims} >= {"06_results.ipynb", "study.yaml"}
+    for name, match in claims:
+        first, first_paper, last, last_paper = match.groups()
+        assert (int(first), int(last)) == (low, high), f"{name}: {match.group(0)!r}, recipes {stated}"
+        assert first_paper in (None, *[k for k, e in stated.items() if e == low]), f"{name}: {match.group(0)!r}"
+        assert last_paper in (None, *[k for k, e in stated.items() if e == high]), f"{name}: {match.group(0)!r}"
+    limits = [(name, match) for name, text in texts.items() for match in EPOCH_LIMIT.finditer(text)]
+    for name, match in limits:
+        assert int(match.group(1)) == high, f"{name}: {match.group(0)!r}, recipes {stated}"

@@ -72,8 +72,30 @@ np.save({proba_out!r}, proba)
 """
 
 
-def test_training_is_deterministic_learns_and_writes_outputs(tmp_path):
-    model, first, proba_first = run_once(tmp_path / "a")
+@pytest.fixture(scope="module")
+def seeded_run(tmp_path_factory):
+    """``run_once`` in this process and in a fresh one, started first so that it runs meanwhile (it
+    spends most of its time importing Keras): (model, history, proba, folder, the other process).
+    This run writes ``folder/a``; the other writes ``folder/there``, its history and probabilities."""
+    folder = tmp_path_factory.mktemp("seeded-run")
+    script = CROSS_PROCESS_SCRIPT.format(
+        tests_dir=str(Path(__file__).parent), run_dir=str(folder / "there"),
+        history_out=str(folder / "history.csv"), proba_out=str(folder / "proba.npy"))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    with open(folder / "other.err", "w") as errors:
+        other = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=errors,
+                                 text=True, env=env)
+    try:
+        model, history, proba = run_once(folder / "a")
+        yield model, history, proba, folder, other
+    finally:
+        if other.poll() is None:
+            other.kill()
+        other.wait()
+
+
+def test_training_is_deterministic_learns_and_writes_outputs(seeded_run, tmp_path):
+    model, first, proba_first, folder, _ = seeded_run
     _, second, proba_second = run_once(tmp_path / "b")
 
     pd.testing.assert_frame_equal(first, second)
@@ -84,13 +106,13 @@ def test_training_is_deterministic_learns_and_writes_outputs(tmp_path):
     assert first["lr"].iloc[0] == pytest.approx(5e-2)
     assert first["val_accuracy"].iloc[-1] >= 0.9  # bright vs dark is easy
 
-    for run in ("a", "b"):
-        assert sorted(p.name for p in (tmp_path / run).iterdir()) == ["best.keras", "history.csv"]
-    on_disk = pd.read_csv(tmp_path / "a" / "history.csv")
+    for run_dir in (folder / "a", tmp_path / "b"):
+        assert sorted(p.name for p in run_dir.iterdir()) == ["best.keras", "history.csv"]
+    on_disk = pd.read_csv(folder / "a" / "history.csv")
     np.testing.assert_allclose(on_disk.to_numpy(), first.to_numpy())
 
     # the model ends with the best (lowest val_loss) epoch's weights, as saved
-    best = keras.saving.load_model(tmp_path / "a" / "best.keras")
+    best = keras.saving.load_model(folder / "a" / "best.keras")
     x_val, y_val = bright_dark(12, seed=2)
     np.testing.assert_allclose(predict_proba(best, x_val), proba_first, rtol=1e-6)
     loss_now = model.evaluate(x_val, y_val, batch_size=8, verbose=0, return_dict=True)["loss"]
@@ -110,18 +132,12 @@ def test_best_epoch_is_restored_not_last(tmp_path):
     assert loss_now == pytest.approx(history["val_loss"].iloc[0], rel=1e-4)
 
 
-def test_training_is_deterministic_across_processes(tmp_path):
-    _, history_here, proba_here = run_once(tmp_path / "here")
-    script = CROSS_PROCESS_SCRIPT.format(
-        tests_dir=str(Path(__file__).parent), run_dir=str(tmp_path / "there"),
-        history_out=str(tmp_path / "history.csv"), proba_out=str(tmp_path / "proba.npy"))
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            env=env, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
-    np.testing.assert_array_equal(np.load(tmp_path / "proba.npy"), proba_here)
-    np.testing.assert_array_equal(pd.read_csv(tmp_path / "history.csv").to_numpy(),
-                                  pd.read_csv(tmp_path / "here" / "history.csv").to_numpy())
+def test_training_is_deterministic_across_processes(seeded_run):
+    _, history_here, proba_here, folder, other = seeded_run
+    assert other.wait(timeout=120) == 0, (folder / "other.err").read_text()[-3000:]
+    np.testing.assert_array_equal(np.load(folder / "proba.npy"), proba_here)
+    np.testing.assert_array_equal(pd.read_csv(folder / "history.csv").to_numpy(),
+                                  pd.read_csv(folder / "a" / "history.csv").to_numpy())
 
 
 def test_paper000_classifier_trains_head_only_with_frozen_base(tmp_path):
@@ -218,7 +234,7 @@ def test_bad_inputs_raise(tmp_path):
 def test_compile_with_each_optimiser(name):
     model = tiny_model()
     compile_classifier(model, optimiser=name, learning_rate=0.01, weight_decay=1e-4,
-                       momentum=0.8)
+                       momentum=0.8, run_eagerly=True)  # one step: tracing it would cost seconds
     optimiser = model.optimizer
     assert float(keras.ops.convert_to_numpy(optimiser.learning_rate)) == pytest.approx(0.01)
     assert optimiser.weight_decay == pytest.approx(1e-4)

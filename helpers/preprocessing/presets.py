@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import cv2
 import numpy as np
 
 from helpers import studies
@@ -17,6 +18,7 @@ from helpers.preprocessing.steps import (
     _as_float,
     _size_hw,
     downscale,
+    otsu_crop_box,
     otsu_mask,
 )
 
@@ -282,23 +284,69 @@ def breast_centred_roi(img: np.ndarray) -> tuple[float, float, float]:
     return float(cx), float(cy), min(h, w) / 8
 
 
+RESCALING_STEPS = frozenset({"downscale", "resize"})
+"""Steps that rescale the whole image: a mask given to :func:`apply_preset` is rescaled with it."""
+
+
+def _mask_coverage(mask: np.ndarray, img: np.ndarray) -> np.ndarray:
+    """A boolean ``mask`` of ``img``'s height and width as float32 coverage (1 inside, 0 outside)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.shape != img.shape[:2]:
+        raise ValueError(f"mask of shape {mask.shape} does not match the image's {img.shape[:2]} "
+                         f"(a mask is HxW, in the stored image's pixels)")
+    return (mask != 0).astype(np.float32)
+
+
+def _follow_step(coverage: np.ndarray, step: str, before: np.ndarray, after: np.ndarray,
+                 params: Mapping[str, Any]) -> np.ndarray:
+    """The mask coverage after ``step`` turned image ``before`` into ``after``: cropped with it
+    (``otsu_crop``), rescaled with it (:data:`RESCALING_STEPS`, area interpolation), else as it was
+    (a step that keeps the geometry); a step that changes the shape otherwise is an error."""
+    if step == "otsu_crop":
+        box = otsu_crop_box(before, **params)
+        if box is None:
+            return coverage
+        top, bottom, left, right = box
+        return coverage[top:bottom, left:right]
+    if step in RESCALING_STEPS and after.shape[:2] != coverage.shape:
+        height, width = after.shape[:2]
+        return cv2.resize(coverage, (width, height), interpolation=cv2.INTER_AREA)
+    if after.shape[:2] != coverage.shape:
+        raise ValueError(f"step {step!r} changes the image's shape ({before.shape[:2]} -> {after.shape[:2]}) "
+                         f"in a way a mask cannot follow")
+    return coverage
+
+
 def apply_preset(img: np.ndarray, preset: str | Preset, *, image_size: Size,
                  roi: tuple[float, float, float] | None = None, roi_scale: float = 2.0,
-                 return_steps: bool = False) -> np.ndarray | list[tuple[str, np.ndarray]]:
+                 return_steps: bool = False, mask: np.ndarray | None = None
+                 ) -> np.ndarray | list[tuple[str, np.ndarray]] | tuple[np.ndarray, np.ndarray]:
     """Run a preset on one image; the result is a clean float32 ``(h, w, 3)`` image in [0, 1].
 
     ``roi=(cx, cy, r)`` (pixels of the stored image, top-left origin) first cuts a lesion
     patch (:func:`cut_patch`) and skips the crop steps (:data:`CROP_STEPS`).
     ``return_steps=True`` returns ``[(step name, image after it), ...]`` (with ``"patch"``
     first when a roi is given).
+
+    ``mask`` (bool HxW in the stored image's pixels, e.g. a lesion) follows the image's geometry
+    in lockstep: patched, cropped (``otsu_crop``'s box) and rescaled with it; the call then
+    returns ``(image, mask)``, the image exactly as without a mask. Rescaling uses area
+    interpolation and a pixel is in the result's mask when the mask covers any part of it, so
+    a lesion smaller than a pixel of the result (a calcification at 32 px) is kept, not dropped
+    as nearest-neighbour sampling could. Not with ``return_steps``.
     """
     preset = get_preset(preset)
     if not any(step.name == "resize" for step in preset.steps):
         raise ValueError(f"preset {preset.name!r} has no 'resize' step, so image_size cannot apply")
+    if mask is not None and return_steps:
+        raise ValueError("apply_preset: give mask or return_steps, not both")
     size = _size_hw(image_size)
+    coverage = None if mask is None else _mask_coverage(mask, img)
     history: list[tuple[str, np.ndarray]] = []
     if roi is not None:
         img = cut_patch(img, roi, roi_scale)
+        if coverage is not None:
+            coverage = cut_patch(coverage, roi, roi_scale)
         history.append(("patch", img))
     for step in preset.steps:
         if roi is not None and step.name in CROP_STEPS:
@@ -306,7 +354,10 @@ def apply_preset(img: np.ndarray, preset: str | Preset, *, image_size: Size,
         params = dict(step.params)
         if step.name == "resize":
             params["size"] = size
+        before = img
         img = STEPS[step.name](img, **params)
+        if coverage is not None:
+            coverage = _follow_step(coverage, step.name, before, img, params)
         history.append((step.name, img))
     if img.shape != (*size, 3) or img.dtype != np.float32:
         raise ValueError(f"preset {preset.name!r} produced {img.dtype} {img.shape}, "
@@ -318,4 +369,6 @@ def apply_preset(img: np.ndarray, preset: str | Preset, *, image_size: Size,
     img = np.clip(img, 0.0, 1.0)  # a bicubic resize may overshoot by a little
     if return_steps:
         history[-1] = (history[-1][0], img)
+    if coverage is not None:
+        return img, coverage > 0
     return history if return_steps else img

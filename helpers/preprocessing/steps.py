@@ -187,22 +187,34 @@ def clahe(img: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8) -> np.nd
     return out[0] if img.ndim == 2 else np.stack(out, axis=-1)
 
 
-def otsu_crop(img: np.ndarray, margin: float = 0.02) -> np.ndarray:
-    """Crop to the bounding box of :func:`otsu_mask`, widened by ``margin`` of each side.
-
-    An image whose mask is empty (e.g. all black) is returned unchanged. Colour input (channels
-    that differ) raises ValueError; grey copied to three channels is accepted.
-    """
+def otsu_crop_box(img: np.ndarray, margin: float = 0.02) -> tuple[int, int, int, int] | None:
+    """``(top, bottom, left, right)`` of the crop :func:`otsu_crop` makes (rows ``top:bottom``,
+    columns ``left:right``), or None where it crops nothing (an empty mask). For cropping other
+    arrays in lockstep with the image, e.g. a lesion mask."""
     _require_grey(img, "otsu_crop")
-    img = _as_float(img)
-    mask = otsu_mask(img)
+    mask = otsu_mask(_as_float(img))
     if not mask.any():
-        return img
+        return None
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     h, w = mask.shape
     pad_y, pad_x = round(margin * h), round(margin * w)
     top, bottom = max(0, rows[0] - pad_y), min(h, rows[-1] + 1 + pad_y)
     left, right = max(0, cols[0] - pad_x), min(w, cols[-1] + 1 + pad_x)
+    return int(top), int(bottom), int(left), int(right)
+
+
+def otsu_crop(img: np.ndarray, margin: float = 0.02) -> np.ndarray:
+    """Crop to the bounding box of :func:`otsu_mask`, widened by ``margin`` of each side
+    (:func:`otsu_crop_box`).
+
+    An image whose mask is empty (e.g. all black) is returned unchanged. Colour input (channels
+    that differ) raises ValueError; grey copied to three channels is accepted.
+    """
+    box = otsu_crop_box(img, margin)
+    img = _as_float(img)
+    if box is None:
+        return img
+    top, bottom, left, right = box
     return img[top:bottom, left:right].copy()
 
 

@@ -1,5 +1,6 @@
 """Command line: ``python -m helpers run --profile {smoke,cpu,paper} [--only RUN ...] [--dataset NAME
---data-dir DIR] [--test-dataset NAME --test-data-dir DIR] [--split-file FILE]``;
+--data-dir DIR] [--test-dataset NAME --test-data-dir DIR] [--split-file FILE] [--scheduler tcp://HOST:PORT |
+--cluster local]``;
 ``python -m helpers data {list,download,verify} NAME --to DIR``;
 ``python -m helpers weights {list,download} [BACKBONE ...]`` (ImageNet weights in Keras' cache)."""
 
@@ -38,7 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="leave unreadable or unlabelled files out (listed in the report) instead of failing")
     run.add_argument("--force", action="store_true", help="rerun runs whose inputs have not changed")
     run.add_argument("--jobs", type=int, metavar="N",
-                     help="notebooks run at once (default: the profile's jobs: 2 for smoke and cpu, 1 for paper)")
+                     help="notebooks run at once (default: the profile's jobs: 2 for smoke and cpu, 1 for paper; "
+                          "on Dask: the workers' threads; --cluster local starts N workers)")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                       help="run each notebook as a task on this Dask scheduler's workers (they share this "
+                            "machine's files; the profile's resources, e.g. GPU=1, go with each task)")
+    where.add_argument("--cluster", choices=("local",),
+                       help="local: start a Dask LocalCluster here (--jobs workers; one per GPU where there are GPUs)")
     run.add_argument("--dry-run", action="store_true", help="list the planned runs and their parameters")
     run.add_argument("--plan", metavar="FILE", help="the study plan (default: notebooks/study.yaml)")
     refresh = commands.add_parser("refresh-notebooks", help="re-execute the committed notebooks (smoke) to refresh their stored outputs")
@@ -85,9 +93,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         try:
             outcomes, index = runner.run_plan(
                 args.profile, only=args.only, suite=args.suite, skip_bad=args.skip_bad, force=args.force,
-                jobs=args.jobs, plan_file=args.plan, **data_sources(args),
+                jobs=args.jobs, plan_file=args.plan, scheduler=args.scheduler, cluster=args.cluster,
+                **data_sources(args),
             )
-        except runner.StudyLocked as error:
+        except (runner.StudyLocked, runner.ClusterError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
         except runner.Interrupted as stopped:

@@ -13,6 +13,9 @@ need no model and start at once).
 Keras, the backend library, NumPy, scikit-learn and OpenCV, and the device. It is recorded in
 every ``metrics.json`` (schema 2) and shown in the report. It holds no time, host name or path,
 so that a rerun on the same machine writes the same bytes.
+
+On JAX, compiled programs are cached on disk and shared by the notebooks of a study
+(:func:`_configure_jax`).
 """
 
 from __future__ import annotations
@@ -89,7 +92,33 @@ def _import_keras_quietly() -> None:
         import keras  # noqa: F401
 
 
+JAX_CACHE_FOLDER = "jax"
+"""The folder of JAX's persistent compilation cache in the project's cache (``HELPERS_CACHE_DIR``)."""
+
+
+def _configure_jax() -> None:
+    """On JAX, keep every compiled XLA program on disk (JAX's persistent compilation cache, in
+    ``<HELPERS_CACHE_DIR>/jax`` unless ``JAX_COMPILATION_CACHE_DIR`` names a folder), however short
+    its compilation (``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS``, default 0 here, JAX's own 1 s).
+
+    A run of a few steps on JAX's CPU spends most of its time compiling (each operation of an eager
+    step, each variable's initialiser, once per shape); the notebooks of a study share the shapes,
+    so a later notebook reads them back (the smoke run of lesson 4 after lesson 3). Results do not
+    change: a cached program is the one compiled. TensorFlow and PyTorch are left alone."""
+    if _configured_backend() != "jax":
+        return
+    import jax
+
+    from helpers import paths
+
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        jax.config.update("jax_compilation_cache_dir", str(paths.cache_dir() / JAX_CACHE_FOLDER))
+    if not os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 _import_keras_quietly()
+_configure_jax()
 
 import keras  # noqa: E402  (already imported, quietly)
 

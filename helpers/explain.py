@@ -24,9 +24,11 @@ head: the new conv10 after it); for the fusion (``build_fusion``) the refined fu
 both (the map is at the smaller pathway's resolution). A layer inside the nested backbone may be
 named (e.g. ``"block_16_project"``) where it is a cut point of the backbone's graph.
 
-Only the gradient is backend-specific: :func:`_gradients_tensorflow` (``tf.GradientTape``) and
-:func:`_gradients_jax` (``jax.grad`` of a ``stateless_call``), chosen by ``keras.backend.backend()``;
-PyTorch raises NotImplementedError (not written: it cannot be tested here). The rest is ``keras.ops``.
+Only the gradient is backend-specific: :func:`_gradients_tensorflow` (``tf.GradientTape``),
+:func:`_gradients_jax` (``jax.grad`` of a ``stateless_call``) and :func:`_gradients_torch`
+(``torch.autograd.grad`` of the model's call), chosen by ``keras.backend.backend()``; the three give
+the same maps for the same weights (tested). A backend without gradients (NumPy, OpenVINO) raises
+NotImplementedError. The rest is ``keras.ops``.
 
 **Localisation** (none of the papers measure it): on the test images whose lesion position is known
 (:func:`lesion_masks`: the phantoms' true lesion masks, or a dataset's centre and radius as a disc,
@@ -258,19 +260,32 @@ def _gradients_jax(scores: keras.Model, inputs: np.ndarray, selector: np.ndarray
     return np.asarray(jax.grad(total)(jnp.asarray(inputs, dtype=jnp.float32)))
 
 
-GRADIENTS = {"tensorflow": _gradients_tensorflow, "jax": _gradients_jax}
+def _gradients_torch(scores: keras.Model, inputs: np.ndarray, selector: np.ndarray) -> np.ndarray:
+    """d sum(scores(inputs) * selector) / d inputs with ``torch.autograd.grad`` of the model's call."""
+    import torch
+
+    x = ops.convert_to_tensor(inputs, dtype="float32").detach().requires_grad_(True)  # on Keras' device
+    with torch.enable_grad():
+        outputs = scores(x, training=False)
+        total = torch.sum(outputs.float() * torch.as_tensor(selector, dtype=torch.float32, device=outputs.device))
+        (gradient,) = torch.autograd.grad(total, x)
+    return gradient.detach().cpu().numpy()
+
+
+GRADIENTS = {"tensorflow": _gradients_tensorflow, "jax": _gradients_jax, "torch": _gradients_torch}
 """Keras backend -> the function computing the gradient of the selected class scores."""
 
 
 def score_gradients(scores: keras.Model, inputs: Any, selector: np.ndarray) -> np.ndarray:
     """The gradient of ``sum(scores(inputs) * selector)`` with respect to ``inputs`` (numpy): each
     image's gradient of its own selected class score (inference mode, so images are independent).
-    NotImplementedError on a backend without a gradient function here (PyTorch)."""
+    NotImplementedError on a backend without a gradient function here (NumPy, OpenVINO: they compute no
+    gradients)."""
     name = keras.backend.backend()
     if name not in GRADIENTS:
-        raise NotImplementedError(f"CAM/Grad-CAM gradients are written for the {' and '.join(GRADIENTS)} backends; "
-                                  f"Keras runs on {name!r} here (a PyTorch version is not written, as this "
-                                  f"project cannot test it): set KERAS_BACKEND to tensorflow or jax")
+        raise NotImplementedError(f"CAM/Grad-CAM gradients are written for the {', '.join(GRADIENTS)} backends; "
+                                  f"Keras runs on {name!r} here, which computes no gradients: set "
+                                  f"KERAS_BACKEND to one of {', '.join(GRADIENTS)}")
     return GRADIENTS[name](scores, ops.convert_to_numpy(inputs), np.asarray(selector, dtype=np.float32))
 
 

@@ -221,13 +221,36 @@ def split_manifest(settings: RunSettings, manifest: pd.DataFrame, split_file: Pa
     return result
 
 
+def order_by_split(manifest: pd.DataFrame) -> pd.DataFrame:
+    """``manifest``'s rows grouped by split (train, val, test; each split's rows in their order), so
+    that each split of the prepared arrays is one contiguous slice: a view of the (memory-mapped)
+    cache, not a copy."""
+    rank = manifest["split"].map({split: i for i, split in enumerate(splits.SPLITS)}).to_numpy()
+    ordered = manifest.iloc[np.argsort(rank, kind="stable")].reset_index(drop=True)
+    ordered.attrs = dict(manifest.attrs)
+    return ordered
+
+
+def split_rows(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The rows of ``array`` where ``mask`` is true: a slice (a view, nothing read) where they are
+    contiguous, as :func:`order_by_split` arranges, else a copy of those rows."""
+    where = np.flatnonzero(mask)
+    if len(where) and where[-1] - where[0] + 1 == len(where):
+        return array[where[0]:where[-1] + 1]
+    return array[where]
+
+
 def prepare_data(settings: RunSettings, *, progress: bool = True, on_error: str = "raise") -> PreparedData:
-    """Load the manifest, split it by patient (saved JSON, leak-checked), prepare cached arrays."""
+    """Load the manifest, split it by patient (saved JSON, leak-checked), prepare cached arrays.
+
+    The manifest is ordered by split first (:func:`order_by_split`), so ``x[split]`` is a slice of
+    the cached array: a memory-mapped cache is read batch by batch later, never copied whole.
+    """
     manifest = load_manifest(settings)
     check_test_classes(settings, manifest)
     excluded = list(manifest.attrs.get("excluded", []))
     split_file = split_file_for(settings, manifest)
-    manifest = split_manifest(settings, manifest, split_file)
+    manifest = order_by_split(split_manifest(settings, manifest, split_file))
     prepared = preprocessing.prepare_arrays(
         manifest,
         settings.preset,
@@ -245,7 +268,7 @@ def prepare_data(settings: RunSettings, *, progress: bool = True, on_error: str 
     x, y, patients = {}, {}, {}
     for split in splits.SPLITS:
         mask = (kept["split"] == split).to_numpy()
-        x[split] = prepared.x[mask]
+        x[split] = split_rows(prepared.x, mask)
         y[split] = kept.loc[mask, "target"].map(index).to_numpy(dtype=np.int64)
         patients[split] = kept.loc[mask, "patient_id"].to_numpy()
         if len(y[split]) == 0:
@@ -350,18 +373,34 @@ def run_record(
         "excluded": [{"item": Path(p).name, "reason": r} for p, r in data.excluded],
         "roi_patches": uses_roi_patches(settings, data.manifest),
         "scaled_down": list(settings.scaled_down),
+        **accelerator_record(settings),
     }
 
 
+def accelerator_record(settings: RunSettings) -> dict[str, Any]:
+    """How the run computes, as resolved on this machine: the dtype policy (``precision``), XLA
+    (``jit_compile``), the batch-preparing threads and the distribution with its devices."""
+    from helpers import training
+
+    return {"precision": training.resolve_precision(settings.precision),
+            "jit_compile": training.resolve_jit_compile(settings.jit_compile),
+            "data_workers": training.resolve_workers(settings.data_workers),
+            "distribution": settings.distribution,
+            "devices": len(training.distribution_devices(settings.distribution))}
+
+
 def build_model(settings: RunSettings, data: PreparedData) -> "keras.Model":
-    """The classifier of the run: its backbone, head, weights and freezing, seeded."""
+    """The classifier of the run: its backbone, head, weights and freezing, seeded, under the run's
+    dtype policy (``precision``) and in its distribution scope (``distribution``)."""
     from helpers import models, training
 
     training.set_determinism(settings.seed)
-    return models.build_classifier(settings.backbone, head=settings.head, weights=settings.weights,
-                                   freeze=settings.freeze, input_shape=(*settings.image_size, 3),
-                                   num_classes=len(data.class_names), seed=settings.seed,
-                                   normalisation=settings.normalisation)
+    training.apply_precision(settings.precision)
+    with training.distribution_scope(settings.distribution):
+        return models.build_classifier(settings.backbone, head=settings.head, weights=settings.weights,
+                                       freeze=settings.freeze, input_shape=(*settings.image_size, 3),
+                                       num_classes=len(data.class_names), seed=settings.seed,
+                                       normalisation=settings.normalisation)
 
 
 def make_augmenter(settings: RunSettings):
@@ -408,7 +447,8 @@ def train_model(settings: RunSettings, model: "keras.Model", data: PreparedData,
     x_val = data.x["val"]
     augmenter = None
     if settings.cache_features:
-        features, trained = training.split_at_backbone(model)
+        with training.distribution_scope(settings.distribution):
+            features, trained = training.split_at_backbone(model)
         if settings.weights is None:  # random features: batch norm set from the training images
             training.calibrate_batch_norm(features, x_train, batch_size=settings.batch_size)
         x_train = training.predict_batches(features, x_train, batch_size=settings.batch_size)
@@ -434,13 +474,14 @@ def fit_classifier(settings: RunSettings, trained: "keras.Model", x_train: np.nd
                                 loss=settings.loss, weight_decay=settings.weight_decay,
                                 momentum=0.9 if settings.momentum is None else settings.momentum,
                                 jit_compile=settings.jit_compile,
-                                run_eagerly=settings.run_eagerly)
+                                run_eagerly=settings.run_eagerly, distribution=settings.distribution)
     return training.train(trained, x_train, y_train, x_val, y_val,
                           epochs=settings.epochs, batch_size=settings.batch_size, run_dir=Path(run_dir),
                           seed=settings.seed, class_weight=training.class_weights(y_train),
                           augment=augmenter, fine_tune_epochs=settings.fine_tune_epochs,
                           fine_tune_learning_rate=settings.fine_tune_learning_rate, verbose=verbose,
-                          save_model=False)
+                          save_model=False, workers=settings.data_workers,
+                          distribution=settings.distribution)
 
 
 HEAD_WEIGHTS_FILE = "head.weights.h5"
@@ -495,6 +536,7 @@ def load_network(settings: RunSettings, data: PreparedData, path: Path | str) ->
     from helpers import models, training  # noqa: F401 - models registers ImageNormalisation
 
     path = Path(path)
+    training.apply_precision(settings.precision)  # a saved model keeps its layers' own policies
     if path.name != HEAD_WEIGHTS_FILE:
         return keras.saving.load_model(path, compile=False)
     model = build_model(settings, data)
@@ -745,7 +787,8 @@ def fold_trainer(settings: RunSettings, data: PreparedData, y: np.ndarray, *,
 
         return train_whole
     model = build_model(settings, data)
-    base, head = training.split_at_backbone(model)
+    with training.distribution_scope(settings.distribution):
+        base, head = training.split_at_backbone(model)
     start = head.get_weights()
     per_fold = settings.weights is None and _has_batch_norm(base)
     images = _in_manifest_order(data, data.x) if per_fold else None
@@ -854,7 +897,7 @@ def plot_cross_validation(cv: CrossValidation, *, title: str = ""):
 # Lesson 4: a trained network's deep features and an SVM (paper 000)
 # ---------------------------------------------------------------------------------------------
 
-_NOT_SETTINGS = ("name", "notebook", "classifier")  # run-record keys that may differ in a reused run
+_NOT_SETTINGS = ("name", "notebook", "classifier", "data_workers")  # run-record keys that may differ in a reused run
 
 
 def reusable_network(settings: RunSettings, data: PreparedData,
@@ -938,10 +981,12 @@ def build_fusion_model(settings: RunSettings, data: PreparedData, pathways: tupl
     from helpers import models, training
 
     training.set_determinism(settings.seed)
-    return models.build_fusion(pathways=pathways, resnet_stage=resnet_stage, alexnet_blocks=alexnet_blocks,
-                               weights=settings.weights, freeze=settings.freeze,
-                               input_shape=(*settings.image_size, 3), num_classes=len(data.class_names),
-                               seed=settings.seed, normalisation=settings.normalisation)
+    training.apply_precision(settings.precision)
+    with training.distribution_scope(settings.distribution):
+        return models.build_fusion(pathways=pathways, resnet_stage=resnet_stage, alexnet_blocks=alexnet_blocks,
+                                   weights=settings.weights, freeze=settings.freeze,
+                                   input_shape=(*settings.image_size, 3), num_classes=len(data.class_names),
+                                   seed=settings.seed, normalisation=settings.normalisation)
 
 
 def train_and_test(settings: RunSettings, data: PreparedData, name: str, model: "keras.Model",

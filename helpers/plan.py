@@ -35,7 +35,7 @@ from helpers import paths
 PLAN_FILE = "study.yaml"
 DEFAULT_SUITE = "study"
 LAYERS = ("defaults", "recipe", "profile", "run", "explicit")
-PROFILE_ONLY_KEYS = ("description", "timeout_s", "scaled_down", "jobs", "baseline_freeze")
+PROFILE_ONLY_KEYS = ("description", "timeout_s", "scaled_down", "jobs", "baseline_freeze", "resources")
 """Profile keys that are not settings of a run: what the profile is and how the runner runs it."""
 SPLIT_METHODS = ("patient", "by-magnification", "official", "cv", "external", "file")
 """How images are split (``split``); "cv": patient-grouped k-fold cross-validation (``cv_folds`` folds,
@@ -43,6 +43,11 @@ SPLIT_METHODS = ("patient", "by-magnification", "official", "cv", "external", "f
 "external": train and val from the dataset, test the whole ``test_dataset``; "file": the patients of
 ``split_file`` (derived when those are set)."""
 FUSION = "resnet50+alexnet"  # paper 003's fusion network as a run's "backbone" (helpers.models.FUSION_NAME)
+PRECISIONS = ("auto", "float32", "mixed_float16")
+"""Values of ``precision``: Keras' dtype policy of the network ("auto": resolved where the run trains,
+:func:`helpers.training.resolve_precision`, like ``jit_compile: auto``)."""
+DISTRIBUTIONS = ("none", "data-parallel")
+"""Values of ``distribution`` (see :func:`helpers.training.distribution_scope`)."""
 RANDOM_WEIGHTS = ("none", "None", "null")
 """Values of ``weights`` (``WEIGHTS`` in a lesson) that mean random initial weights."""
 SETTINGS_CALL = "plan.settings_from_parameters("
@@ -122,6 +127,9 @@ class RunSettings:
     cv_repeats: int  # split "cv": how many times the k folds are drawn (seeds seed, seed + 1, ...)
     run_eagerly: bool  # no graph tracing: faster for runs of a few steps (smoke)
     jit_compile: bool | str  # XLA: "auto" pays off on a GPU, not on a CPU
+    precision: str  # one of PRECISIONS; "auto": mixed_float16 where the backend sees a GPU
+    data_workers: int | str  # threads preparing training batches ahead; "auto": every CPU core
+    distribution: str  # one of DISTRIBUTIONS: "data-parallel" trains one run on all local devices
     normalisation: str  # the model's first layer: "imagenet" (the backbone's own) or the paper's
     cache_features: bool  # frozen base: compute its features once, train the head on them
     save_model: bool  # keep the trained network in the run folder (always so for a run a later run reuses)
@@ -424,8 +432,22 @@ def adapt_derived(values: dict[str, Any], sources: dict[str, str], recipe: Any) 
                          f"({sources.get('cv_folds')}) and cv_repeats={values['cv_repeats']} ({sources.get('cv_repeats')})")
 
 
+def adapt_accelerator(values: dict[str, Any], sources: dict[str, str], recipe: Any) -> None:
+    """The GPU keys checked: ``precision`` (:data:`PRECISIONS`), ``jit_compile`` (true, false or
+    "auto"), ``data_workers`` (an int >= 1 or "auto") and ``distribution`` (:data:`DISTRIBUTIONS`).
+    "auto" stays "auto" here: the machine that trains resolves it (:mod:`helpers.training`)."""
+    checks = (("precision", lambda v: v in PRECISIONS, f"one of {list(PRECISIONS)}"),
+              ("jit_compile", lambda v: isinstance(v, bool) or v == "auto", "true, false or 'auto'"),
+              ("data_workers", lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+               "an int >= 1 or 'auto'"),
+              ("distribution", lambda v: v in DISTRIBUTIONS, f"one of {list(DISTRIBUTIONS)}"))
+    for key, valid, wanted in checks:
+        if not valid(values.get(key)):
+            raise ValueError(f"{key} {values.get(key)!r} ({sources.get(key)}) must be {wanted}")
+
+
 ADAPTATIONS: tuple[Callable[[dict[str, Any], dict[str, str], Any], None], ...] = (
-    adapt_weights, adapt_recipe, adapt_to_backbone, adapt_data_sources, adapt_derived,
+    adapt_weights, adapt_recipe, adapt_to_backbone, adapt_data_sources, adapt_derived, adapt_accelerator,
 )
 """The named steps after the merge, in order."""
 

@@ -9,6 +9,10 @@ the others. At the end it writes the summary report (``index.html`` and ``index.
 While it runs, it holds a lock on the study's folder (:func:`study_lock`); SIGINT (Ctrl-C) or
 SIGTERM kills every running notebook (papermill and its kernel), records it "interrupted", starts
 no other run, and ends with :class:`Interrupted`. A notebook dies with a killed runner (Linux).
+
+Runs execute in threads of this process by default (:class:`LocalPool`, one papermill process per
+run), or as tasks on a Dask distributed cluster (``scheduler=``/``cluster=``, :mod:`helpers.cluster`,
+imported only then); everything else (order, fingerprints, weights, report) is the same loop.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, TextIO
+from typing import Callable, Iterator, Mapping, Protocol, TextIO
 
 import yaml
 
@@ -67,6 +71,11 @@ class Interrupted(Exception):
 
 class StudyLocked(Exception):
     """Another runner, alive, holds the lock of the study's folder."""
+
+
+class ClusterError(Exception):
+    """The Dask cluster cannot run the study: unreachable, no worker, no worker with the profile's
+    resources, or workers that do not share the study's files (:mod:`helpers.cluster`)."""
 
 
 class Stop:
@@ -292,11 +301,12 @@ def _failure_reason(log_path: Path) -> str:
 
 
 def execute(run: PlannedRun, *, fingerprint: str, echo: Callable[[str], None] = print,
-            stop: Stop | None = None) -> RunOutcome:
+            stop: Stop | None = None, env: Mapping[str, str] | None = None) -> RunOutcome:
     """Execute one planned notebook run with papermill in a child process, within its time limit.
 
     Past the limit, or when ``stop`` is set, papermill and its kernel are killed. Only a run whose
-    papermill ended well keeps its ``metrics.json`` (a notebook writes it at its end).
+    papermill ended well keeps its ``metrics.json`` (a notebook writes it at its end). ``env``: variables
+    the notebook's process gets on top of this one's (on a Dask worker: the client's folders).
     """
     stop = stop or Stop()
     if stop.is_set():
@@ -309,7 +319,7 @@ def execute(run: PlannedRun, *, fingerprint: str, echo: Callable[[str], None] = 
     output = run_dir / run.notebook.name
     log_path = run_dir / LOG_FILE
     command = papermill_command(run, output)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, **(env or {}), PYTHONUNBUFFERED="1")
     started = time.monotonic()
     status, message = "ok", ""
     prctl = _prctl()
@@ -440,12 +450,76 @@ def _record(run: PlannedRun, status: str, message: str, seconds: float, fingerpr
     return RunOutcome(run.name, status, seconds, message, run.run_dir)
 
 
+def record_failure(run: PlannedRun, message: str, seconds: float, fingerprint: str) -> RunOutcome:
+    """Record ``run`` as failed outside its notebook (its Dask worker died): no metrics are kept."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    (run.run_dir / "metrics.json").unlink(missing_ok=True)
+    return _record(run, "failed", message, seconds, fingerprint)
+
+
 def record_unavailable(run: PlannedRun, message: str, fingerprint: str) -> RunOutcome:
     """Mark ``run`` as not run for want of its ImageNet weights (its folder holds only run.json)."""
     if run.run_dir.exists():
         shutil.rmtree(run.run_dir)
     run.run_dir.mkdir(parents=True)
     return _record(run, "unavailable", message, 0.0, fingerprint)
+
+
+class Pool(Protocol):
+    """What runs the notebooks for :func:`_run_all`: :class:`LocalPool` or :class:`helpers.cluster.DaskPool`."""
+
+    def submit(self, run: PlannedRun, fingerprint: str, echo: Callable[[str], None]) -> object: ...
+
+    def wait(self, futures: list, timeout: float) -> set: ...
+
+    def outcome(self, future: object, run: PlannedRun, fingerprint: str) -> RunOutcome: ...
+
+    def close(self) -> None: ...
+
+
+class LocalPool:
+    """:func:`run_plan`'s default pool: each run in a thread of this process, which starts its
+    notebook's process and waits for it (:func:`execute`); ``jobs`` at once. A Dask cluster's pool
+    (:class:`helpers.cluster.DaskPool`) has the same four methods."""
+
+    def __init__(self, jobs: int, stop: Stop) -> None:
+        self.stop = stop
+        self._threads = ThreadPoolExecutor(max_workers=jobs)
+
+    def submit(self, run: PlannedRun, fingerprint: str, echo: Callable[[str], None]) -> Future:
+        return self._threads.submit(execute, run, fingerprint=fingerprint, stop=self.stop, echo=echo)
+
+    def wait(self, futures: list[Future], timeout: float) -> set[Future]:
+        done, _ = wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
+        return done
+
+    def outcome(self, future: Future, run: PlannedRun, fingerprint: str) -> RunOutcome:
+        return future.result()
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def _pool(*, scheduler: str | None, cluster: str | None, jobs: int | None, profile_settings: dict, stop: Stop,
+          say: Callable[[str], None], folder: Path, needed: list[Path]) -> Iterator[tuple[Pool, int]]:
+    """The pool that runs the notebooks and how many may run at once: a :class:`LocalPool` of
+    ``jobs`` (default the profile's ``jobs``), or a Dask cluster's (:func:`helpers.cluster.dask_pool`)."""
+    if scheduler and cluster:
+        raise ValueError("give either a Dask scheduler's address (--scheduler) or --cluster local, not both")
+    if scheduler or cluster:
+        from helpers import cluster as dask_cluster  # dask only when asked for
+
+        with dask_cluster.dask_pool(scheduler=scheduler, cluster=cluster, jobs=jobs, profile_settings=profile_settings,
+                                    stop=stop, say=say, folder=folder, needed=needed) as (pool, in_flight):
+            yield pool, in_flight
+        return
+    jobs = max(1, int(jobs or profile_settings.get("jobs") or 1))
+    pool = LocalPool(jobs, stop)
+    try:
+        yield pool, jobs
+    finally:
+        pool.close()
 
 
 def _must_wait(run: PlannedRun, waiting: list[PlannedRun], running: list[PlannedRun]) -> bool:
@@ -470,6 +544,8 @@ def run_plan(
     test_dataset: str | None = None,
     test_data_dir: str | dict[str, str] | None = None,
     split_file: Path | str | None = None,
+    scheduler: str | None = None,
+    cluster: str | None = None,
 ) -> tuple[list[RunOutcome], Path]:
     """Run ``suite`` of the plan (``plan_file``, default ``notebooks/study.yaml``) for ``profile``;
     return the outcomes and the summary page's path.
@@ -478,6 +554,11 @@ def run_plan(
     after the run it reuses has finished; ``after_all`` runs (the results) start after all others.
     Each run's numbers do not depend on ``jobs``: every notebook is its own seeded process.
 
+    With ``scheduler`` (a Dask scheduler's address, ``tcp://HOST:8786``) or ``cluster="local"`` (a
+    ``LocalCluster`` of ``jobs`` workers) each run is a task on a Dask worker that shares this
+    machine's files (:mod:`helpers.cluster`); ``jobs`` then caps the runs in flight (default: the
+    workers' threads), and the profile's ``resources`` (``{GPU: 1}``) go with every task.
+
     The study's folder is locked meanwhile (:func:`study_lock`). SIGINT or SIGTERM kills the running
     notebooks ("interrupted"); the runs not started yet are left as they were ("not started": an
     earlier result keeps its ``run.json``, whose fingerprint has them rerun next time); the report
@@ -485,9 +566,8 @@ def run_plan(
     """
     from helpers import reporting
 
-    plan = load_plan(plan_file)
+    plan = load_plan(Path(plan_file).expanduser().resolve() if plan_file else None)  # absolute: a worker's cwd differs
     profile_settings = get_profile(profile, plan)
-    jobs = max(1, int(jobs or profile_settings.get("jobs") or 1))
     runs = planned_runs(profile, only=only, dataset=dataset, data_dir=data_dir, suite=suite,
                          skip_bad=skip_bad, plan=plan, test_dataset=test_dataset, test_data_dir=test_data_dir,
                          split_file=split_file)
@@ -502,8 +582,10 @@ def run_plan(
                                                test_dataset=test_dataset, split_file=split_file)
     stop = Stop()
     with study_lock(folder, echo=say):
-        with _signals_set(stop):
-            outcomes = _run_all(ordered, jobs, stop, say, plan=plan, profile_settings=profile_settings,
+        needed = sorted({plan.source, *(run.notebook for run in ordered)})
+        with _signals_set(stop), _pool(scheduler=scheduler, cluster=cluster, jobs=jobs, stop=stop, say=say,
+                                       profile_settings=profile_settings, folder=folder, needed=needed) as (pool, in_flight):
+            outcomes = _run_all(ordered, in_flight, pool, stop, say, plan=plan, profile_settings=profile_settings,
                                 force=force)
         index = reporting.build_report(folder, profile=profile)
     result = [outcomes[run.name] for run in ordered]
@@ -512,12 +594,12 @@ def run_plan(
     return result, index
 
 
-def _run_all(ordered: list[PlannedRun], jobs: int, stop: Stop, say: Callable[[str], None], *,
+def _run_all(ordered: list[PlannedRun], jobs: int, pool: Pool, stop: Stop, say: Callable[[str], None], *,
              plan: Plan, profile_settings: dict, force: bool) -> dict[str, RunOutcome]:
-    """The outcome of each run, ``jobs`` at a time, in order where one waits for another."""
+    """The outcome of each run, ``jobs`` at a time in ``pool``, in order where one waits for another."""
     outcomes: dict[str, RunOutcome] = {}
     waiting = list(enumerate(ordered, start=1))
-    running: dict[Future, tuple[str, PlannedRun]] = {}
+    running: dict[object, tuple[str, PlannedRun, str]] = {}
     announced = False
 
     def halt() -> None:
@@ -525,65 +607,63 @@ def _run_all(ordered: list[PlannedRun], jobs: int, stop: Stop, say: Callable[[st
         nonlocal announced
         if not announced:
             announced = True
-            say(f"{stop.name}: stopping " + (", ".join(r.name for _, r in running.values()) or "nothing")
+            say(f"{stop.name}: stopping " + (", ".join(r.name for _, r, _ in running.values()) or "nothing")
                 + (f"; not starting {', '.join(r.name for _, r in waiting)}" if waiting else ""))
         for _, run in waiting:
             outcomes[run.name] = RunOutcome(run.name, "not started", 0.0,
                                             f"interrupted by {stop.name} before it started", run.run_dir)
         waiting.clear()
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        while waiting or running:
-            if stop.is_set():
-                halt()
-            for item in list(waiting):
-                number, run = item
-                if len(running) >= jobs or stop.is_set():
-                    break
-                if _must_wait(run, [r for _, r in waiting], [r for _, r in running.values()]):
-                    continue
-                waiting.remove(item)
-                fingerprint = run_fingerprint(run, profile_settings)  # after the run it reuses
-                label = f"[{number}/{len(ordered)}] {run.name} ({run.notebook.name})"
-                previous = _previous(run.run_dir)
-                unchanged = previous.get("fingerprint") == fingerprint and previous.get("status") == "ok"
-                if unchanged and not force and not run.after_all:
-                    say(f"{label}: unchanged since the last run, skipped")
-                    outcomes[run.name] = RunOutcome(run.name, "skipped", 0.0, "unchanged", run.run_dir)
-                    continue
-                try:
-                    stop.cut_short = True  # a weights download may take minutes: a signal ends it
-                    missing = missing_weights(run, plan)
-                    stop.cut_short = False
-                except KeyboardInterrupt:
-                    stop.cut_short = False
-                    if not stop.is_set():
-                        raise
-                    waiting.insert(0, item)  # not started
-                    break
-                if missing:
-                    outcomes[run.name] = record_unavailable(run, missing, fingerprint)
-                    say(f"{label}: not run, its ImageNet weights are unavailable: {missing}")
-                    continue
-                say(f"{label}: running (time limit {run.timeout_s} s)")
-                future = pool.submit(execute, run, fingerprint=fingerprint, stop=stop,
-                                     echo=lambda line, n=run.name: say(f"    {n}: {line}"))
-                running[future] = (label, run)
-            if not running:
-                if waiting and not stop.is_set():  # cannot happen with a valid plan (reuses names earlier runs only)
-                    raise RuntimeError(f"runs {[r.name for _, r in waiting]} wait for each other")
+    while waiting or running:
+        if stop.is_set():
+            halt()
+        for item in list(waiting):
+            number, run = item
+            if len(running) >= jobs or stop.is_set():
+                break
+            if _must_wait(run, [r for _, r in waiting], [r for _, r, _ in running.values()]):
                 continue
-            done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)  # a signal is seen within 1 s
-            if stop.is_set():
-                halt()
-            for future in done:
-                label, run = running.pop(future)
-                outcome = future.result()
-                tail = f": {outcome.message}" if outcome.message else ""
-                say(f"{label}: {outcome.status} in {outcome.seconds:.0f} s{tail}")
-                if outcome.status != "ok":
-                    say(f"    full log: {outcome.run_dir / LOG_FILE}")
-                outcomes[run.name] = outcome
+            waiting.remove(item)
+            fingerprint = run_fingerprint(run, profile_settings)  # after the run it reuses
+            label = f"[{number}/{len(ordered)}] {run.name} ({run.notebook.name})"
+            previous = _previous(run.run_dir)
+            unchanged = previous.get("fingerprint") == fingerprint and previous.get("status") == "ok"
+            if unchanged and not force and not run.after_all:
+                say(f"{label}: unchanged since the last run, skipped")
+                outcomes[run.name] = RunOutcome(run.name, "skipped", 0.0, "unchanged", run.run_dir)
+                continue
+            try:
+                stop.cut_short = True  # a weights download may take minutes: a signal ends it
+                missing = missing_weights(run, plan)
+                stop.cut_short = False
+            except KeyboardInterrupt:
+                stop.cut_short = False
+                if not stop.is_set():
+                    raise
+                waiting.insert(0, item)  # not started
+                break
+            if missing:
+                outcomes[run.name] = record_unavailable(run, missing, fingerprint)
+                say(f"{label}: not run, its ImageNet weights are unavailable: {missing}")
+                continue
+            say(f"{label}: running (time limit {run.timeout_s} s)")
+            future = pool.submit(run, fingerprint, lambda line, n=run.name: say(f"    {n}: {line}"))
+            running[future] = (label, run, fingerprint)
+        if not running:
+            if waiting and not stop.is_set():  # cannot happen with a valid plan (reuses names earlier runs only)
+                raise RuntimeError(f"runs {[r.name for _, r in waiting]} wait for each other")
+            continue
+        done = pool.wait(list(running), timeout=1.0)  # a signal is seen within 1 s
+        if stop.is_set():
+            halt()
+        for future in done:
+            label, run, fingerprint = running.pop(future)
+            outcome = pool.outcome(future, run, fingerprint)
+            tail = f": {outcome.message}" if outcome.message else ""
+            say(f"{label}: {outcome.status} in {outcome.seconds:.0f} s{tail}")
+            if outcome.status != "ok":
+                say(f"    full log: {outcome.run_dir / LOG_FILE}")
+            outcomes[run.name] = outcome
     return outcomes
 
 

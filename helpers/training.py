@@ -9,15 +9,26 @@ then the unfrozen base at a lower learning rate.
 Labels are always given as integer class indices; ``train`` converts them to what the
 model's loss and output need (indices, one-hot rows, or a 0/1 float column for a one-unit
 sigmoid output).
+
+The GPU path: ``precision`` (Keras' dtype policy, :func:`apply_precision`) and ``jit_compile``
+(XLA) are resolved here, both "auto" = on where the backend sees a GPU (:func:`resolve_precision`,
+:func:`resolve_jit_compile`); ``workers`` threads prepare batches ahead; ``distribution
+"data-parallel"`` trains one run on all local devices (:func:`distribution_scope`). Images are
+read batch by batch (training, validation, prediction, batch-norm calibration), never copied
+whole, so a memory-mapped cache larger than memory streams from disk.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from helpers import backend  # noqa: F401  (imports Keras quietly)
 import keras
@@ -42,6 +53,106 @@ def set_determinism(seed: int) -> None:
         import tensorflow as tf  # only here: the rest of the project is backend-agnostic
 
         tf.config.experimental.enable_op_determinism()
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_available(backend_name: str | None = None) -> bool:
+    """Does the Keras backend (``backend_name``, default the current one) see a GPU?"""
+    from helpers.backend import _gpu_names
+
+    return bool(_gpu_names(backend_name or keras.config.backend()))
+
+
+PRECISIONS = ("float32", "mixed_float16")
+
+
+def resolve_precision(precision: str) -> str:
+    """The dtype policy a run trains with: ``"auto"`` is ``mixed_float16`` where the backend sees a
+    GPU and ``float32`` otherwise; an explicit ``mixed_float16`` also runs on a CPU (slowly)."""
+    if precision == "auto":
+        return "mixed_float16" if gpu_available() else "float32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; known: auto, {', '.join(PRECISIONS)}")
+    return precision
+
+
+def resolve_jit_compile(jit_compile: bool | str) -> bool:
+    """XLA or not: ``"auto"`` is on where the backend sees a GPU (not on torch, where Keras has no
+    XLA), off on a CPU (compiling a deep network there takes longer than a short run saves).
+    On TensorFlow, Keras turns XLA off again while op determinism is on (:func:`set_determinism`)."""
+    if jit_compile == "auto":
+        return keras.config.backend() != "torch" and gpu_available()
+    return bool(jit_compile)
+
+
+def resolve_workers(workers: int | str) -> int:
+    """Threads preparing batches ahead: ``"auto"`` is every CPU core this process may use."""
+    if workers == "auto":
+        cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+        return max(1, len(cores))
+    if isinstance(workers, bool) or int(workers) < 1:
+        raise ValueError(f"workers must be an int >= 1 or 'auto', got {workers!r}")
+    return int(workers)
+
+
+def apply_precision(precision: str) -> str:
+    """Set Keras' global dtype policy for the networks built next (call before building or
+    loading one); returns the policy's name. A classifier's output layer computes in float32
+    under any policy (:func:`helpers.models.build_classifier`'s heads)."""
+    policy = resolve_precision(precision)
+    keras.config.set_dtype_policy(policy)
+    return policy
+
+
+DISTRIBUTIONS = ("none", "data-parallel")
+_STRATEGIES: dict[str, object] = {}
+
+
+def distribution_devices(distribution: str) -> list[str]:
+    """The devices a run with ``distribution`` trains on (one entry for "none")."""
+    if distribution == "none":
+        return ["default"]
+    return list(_distribution(distribution)[1])
+
+
+def _distribution(distribution: str) -> tuple[object, list[str]]:
+    """The strategy (TensorFlow) or distribution (JAX) of "data-parallel" and its devices, made once."""
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"unknown distribution {distribution!r}; known: {', '.join(DISTRIBUTIONS)}")
+    backend_name = keras.config.backend()
+    if backend_name not in _STRATEGIES:
+        if backend_name == "tensorflow":
+            import tensorflow as tf  # only here: the strategy is TensorFlow's own API
+
+            gpus = tf.config.list_logical_devices("GPU")
+            devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+            _STRATEGIES[backend_name] = (tf.distribute.MirroredStrategy(devices=devices), devices)
+        elif backend_name == "jax":
+            devices = keras.distribution.list_devices()
+            _STRATEGIES[backend_name] = (keras.distribution.DataParallel(devices=devices), devices)
+        else:
+            raise ValueError(f"distribution {distribution!r} is not supported on the {backend_name} backend "
+                             f"(TensorFlow: MirroredStrategy, JAX: keras.distribution.DataParallel); use "
+                             f"distribution 'none' or KERAS_BACKEND=tensorflow or jax")
+    return _STRATEGIES[backend_name]
+
+
+@contextlib.contextmanager
+def distribution_scope(distribution: str = "none") -> Iterator[None]:
+    """Where a data-parallel run builds, compiles and fits its network.
+
+    "none": nothing changes. "data-parallel": TensorFlow's ``MirroredStrategy`` over all local
+    GPUs (else all logical CPU devices), or JAX's ``keras.distribution.DataParallel`` over
+    ``keras.distribution.list_devices()``; the same strategy every time in a process. The batch
+    size is the global batch, split across the devices; the learning rate is not scaled with the
+    number of devices (the recipe's rate is the rate of its global batch). Torch: an error.
+    """
+    if distribution == "none":
+        yield
+        return
+    strategy, _ = _distribution(distribution)
+    with strategy.scope():
+        yield
 
 
 def _adam(learning_rate: float, weight_decay: float | None, momentum: float) -> Optimizer:
@@ -94,20 +205,27 @@ def resolve_loss(model: keras.Model, loss: str) -> str:
 def compile_classifier(model: keras.Model, *, optimiser: str = "adam",
                        learning_rate: float = 1e-3, loss: str = "sparse_categorical_crossentropy",
                        weight_decay: float | None = None, momentum: float = 0.9,
-                       jit_compile: bool | str = False, run_eagerly: bool = False) -> keras.Model:
+                       jit_compile: bool | str = False, run_eagerly: bool = False,
+                       distribution: str = "none") -> keras.Model:
     """Compile ``model`` with a named optimiser, loss and the accuracy metric; return it.
 
     ``loss`` is a name in ``LOSSES``; a run passes its settings' loss (the paper's), and nothing
     is guessed from the model (see ``resolve_loss``).
     ``jit_compile`` is off by default: on a CPU, XLA-compiling a deep network takes longer than
-    a short run saves (pass ``"auto"`` on a GPU). ``run_eagerly=True`` skips graph tracing
-    altogether, which is faster for a run of a few steps (the smoke profile).
+    a short run saves (``"auto"``: on where the backend sees a GPU, :func:`resolve_jit_compile`).
+    ``run_eagerly=True`` skips graph tracing altogether, which is faster for a run of a few steps
+    (the smoke profile) on TensorFlow and torch; on JAX, whose eager steps compile op by op, it
+    compiles the step once instead. Under a ``mixed_float16`` policy Keras wraps the optimiser in a
+    ``LossScaleOptimizer``. ``distribution``: compile in the run's :func:`distribution_scope`.
     """
     if optimiser not in OPTIMISERS:
         raise KeyError(f"unknown optimiser {optimiser!r}; known: {', '.join(sorted(OPTIMISERS))}")
-    model.compile(optimizer=OPTIMISERS[optimiser](learning_rate, weight_decay, momentum),
-                  loss=resolve_loss(model, loss), metrics=["accuracy"], jit_compile=jit_compile,
-                  run_eagerly=run_eagerly)
+    eager = run_eagerly and keras.config.backend() != "jax"  # JAX's eager steps compile op by op: slower
+    with distribution_scope(distribution):
+        model.compile(optimizer=OPTIMISERS[optimiser](learning_rate, weight_decay, momentum),
+                      loss=resolve_loss(model, loss), metrics=["accuracy"],
+                      jit_compile=resolve_jit_compile(jit_compile) or (run_eagerly and not eager),
+                      run_eagerly=eager)
     return model
 
 
@@ -240,6 +358,24 @@ def _check_xy(x: np.ndarray, y: np.ndarray, what: str,
     return x, y
 
 
+class OrderedBatches(keras.utils.PyDataset):
+    """``x`` (with ``y``) in order, ``batch_size`` rows at a time: validation data read batch by
+    batch (a memory map stays on disk) rather than converted whole to a tensor by ``fit``."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray | None = None, *, batch_size: int,
+                 workers: int = 1) -> None:
+        super().__init__(workers=workers, use_multiprocessing=False)
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        rows = slice(int(index) * self.batch_size, (int(index) + 1) * self.batch_size)
+        x = np.asarray(self.x[rows])
+        return x if self.y is None else (x, np.asarray(self.y[rows]))
+
+
 class ShuffledBatches(keras.utils.PyDataset):
     """Training batches for ``epochs`` epochs in one stream, order seeded per epoch.
 
@@ -248,23 +384,39 @@ class ShuffledBatches(keras.utils.PyDataset):
     depend on when Keras prefetches. ``augmentation`` (a Keras layer) is applied to each batch,
     then ``augment(x, index)`` with ``index = epoch * steps + step`` (so a seeded augmentation
     is reproducible); it must return an array of the batch's shape.
+
+    ``workers`` threads prepare batches ahead (Keras keeps their order). A batch's content
+    depends only on ``(seed, epoch, step)``, so any number of workers gives the same stream:
+    the permutations are drawn under a lock, and ``augment`` is called under a lock (the
+    project's :class:`helpers.augmentation.Augmenter` reseeds its layers from the index at each
+    call but shares them between calls). A Keras ``augmentation`` layer draws from its own
+    random state in call order, so it needs ``workers=1``. Rows are gathered from ``x`` batch
+    by batch: a memory-mapped ``x`` is read from disk, never loaded whole.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, *, batch_size: int, epochs: int,
                  seed: int, augmentation: keras.layers.Layer | None = None,
-                 augment: Augment | None = None, first_epoch: int = 0) -> None:
-        super().__init__(workers=1, use_multiprocessing=False)
+                 augment: Augment | None = None, first_epoch: int = 0,
+                 workers: int = 1) -> None:
+        if augmentation is not None and workers > 1:
+            raise ValueError(f"ShuffledBatches: a Keras augmentation layer ({augmentation.name}) draws "
+                             f"from its own random state in call order, so {workers} workers would make "
+                             f"the stream depend on thread timing; use workers=1, or augment(x, index)")
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max(10, 2 * workers))
         self.x, self.y = x, y
         self.batch_size, self.epochs, self.seed = batch_size, epochs, seed
         self.augmentation, self.augment, self.first_epoch = augmentation, augment, first_epoch
         self.steps = math.ceil(len(x) / batch_size)
         self._orders: dict[int, np.ndarray] = {}
+        self._order_lock, self._augment_lock = threading.Lock(), threading.Lock()
 
     def _order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._orders = {epoch: rng.permutation(len(self.x))}
-        return self._orders[epoch]
+        with self._order_lock:  # workers may straddle an epoch's end: keep the neighbours
+            if epoch not in self._orders:
+                rng = np.random.default_rng([self.seed, epoch])
+                self._orders = {e: order for e, order in self._orders.items() if abs(e - epoch) <= 1}
+                self._orders[epoch] = rng.permutation(len(self.x))
+            return self._orders[epoch]
 
     @property
     def num_batches(self) -> int:
@@ -274,11 +426,12 @@ class ShuffledBatches(keras.utils.PyDataset):
         epoch, step = divmod(int(index), self.steps)
         epoch += self.first_epoch
         picked = self._order(epoch)[step * self.batch_size:(step + 1) * self.batch_size]
-        x, y = self.x[picked], self.y[picked]
+        x, y = np.asarray(self.x[picked]), self.y[picked]
         if self.augmentation is not None:
             x = keras.ops.convert_to_numpy(self.augmentation(x, training=True)).astype(x.dtype)
         if self.augment is not None:
-            augmented = np.asarray(self.augment(x, epoch * self.steps + step))
+            with self._augment_lock:
+                augmented = np.asarray(self.augment(x, epoch * self.steps + step))
             if augmented.shape != x.shape:
                 raise ValueError(f"augment returned shape {augmented.shape} for a batch of "
                                  f"shape {x.shape}; it must keep the shape")
@@ -293,6 +446,21 @@ class _LearningRateLog(keras.callbacks.Callback):
         if logs is not None:
             rate = self.model.optimizer.learning_rate
             logs["lr"] = float(keras.ops.convert_to_numpy(rate))
+
+
+class _StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stop training after an epoch whose mean loss is NaN or infinite (then any batch's was).
+
+    Keras' ``TerminateOnNaN`` checks every batch, and a callback with a batch hook makes Keras wait
+    for each step and read its loss before dispatching the next (no asynchronous dispatch): on a
+    GPU the device then idles between steps. Checking once per epoch costs nothing; a diverged
+    epoch keeps no weights (its ``val_loss`` is not finite, see :class:`_KeepBest`).
+    """
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(loss):
+            self.model.stop_training = True
 
 
 def _history_frame(history: dict[str, list], first_epoch: int = 0) -> pd.DataFrame:
@@ -334,10 +502,14 @@ def save_without_optimizer(model: keras.Model, path: Path | str) -> Path:
 
 
 def _fine_tune_optimiser(model: keras.Model, learning_rate: float) -> Optimizer:
-    """A fresh optimiser of the model's kind and settings at ``learning_rate``."""
-    config = model.optimizer.get_config()
+    """A fresh optimiser of the model's kind and settings at ``learning_rate`` (the optimiser
+    inside a mixed-precision ``LossScaleOptimizer``: compile wraps it again)."""
+    optimizer = model.optimizer
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer
+    config = optimizer.get_config()
     config["learning_rate"] = learning_rate
-    return type(model.optimizer).from_config(config)
+    return type(optimizer).from_config(config)
 
 
 def _current_learning_rate(model: keras.Model) -> float:
@@ -353,7 +525,8 @@ def train(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
           fine_tune_epochs: int = 0, fine_tune_learning_rate: float | None = None,
           fine_tune_freeze: str | int = "none",
           verbose: int | str = 2, saved_model: keras.Model | None = None,
-          save_model: bool = True) -> pd.DataFrame:
+          save_model: bool = True, workers: int | str = 1,
+          distribution: str = "none") -> pd.DataFrame:
     """Fit a compiled ``model``; keep the best epoch (lowest ``val_loss``); return the history.
 
     Writes ``run_dir/best.keras`` (the best model, whose weights ``model`` ends with) and
@@ -375,6 +548,12 @@ def train(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
     ``saved_model``: the model written to ``best.keras`` when it is not ``model`` itself, e.g. the
     whole classifier when ``model`` is its head (:func:`split_at_backbone`). ``save_model=False``
     writes no ``best.keras`` (a run that keeps no model file: :func:`helpers.pipeline.save_network`).
+
+    ``workers`` (an int or "auto": :func:`resolve_workers`) threads prepare training and
+    validation batches ahead; the stream is the same for any number (:class:`ShuffledBatches`).
+    ``distribution`` "data-parallel": ``model`` must have been built and compiled in the same
+    :func:`distribution_scope`; ``batch_size`` is the global batch, split across the devices, and
+    the learning rate is not scaled with the number of devices.
     """
     if getattr(model, "optimizer", None) is None or not model.compiled:
         raise ValueError(f"model {model.name} is not compiled: call compile_classifier first")
@@ -388,6 +567,8 @@ def train(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
     x_train, y_train = _check_xy(x_train, y_train, "train", max(num_classes, 2))
     x_val, y_val = _check_xy(x_val, y_val, "val", max(num_classes, 2))
     y_train, y_val = encode_labels(y_train, model), encode_labels(y_val, model)
+    workers = resolve_workers(workers)
+    distribution_devices(distribution)  # an unsupported backend fails before training
     set_determinism(seed)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -400,18 +581,21 @@ def train(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
         def fit(phase_epochs: int, first_epoch: int) -> pd.DataFrame:
             batches = ShuffledBatches(x_train, y_train, batch_size=batch_size,
                                       epochs=phase_epochs, seed=seed, augmentation=augmentation,
-                                      augment=augment, first_epoch=first_epoch)
+                                      augment=augment, first_epoch=first_epoch,
+                                      workers=1 if augmentation is not None else workers)
+            validation = OrderedBatches(x_val, y_val, batch_size=batch_size, workers=workers)
             callbacks: list[keras.callbacks.Callback] = [
                 _LearningRateLog(),
-                keras.callbacks.TerminateOnNaN(),
+                _StopOnNonFiniteLoss(),
                 keep_best,
             ]
             if early_stopping_patience is not None:
                 callbacks.append(keras.callbacks.EarlyStopping(
                     monitor="val_loss", patience=early_stopping_patience))
-            fitted = model.fit(batches, steps_per_epoch=batches.steps, epochs=phase_epochs,
-                               validation_data=(x_val, y_val), validation_batch_size=batch_size,
-                               class_weight=class_weight, callbacks=callbacks, verbose=verbose)
+            with distribution_scope(distribution):
+                fitted = model.fit(batches, steps_per_epoch=batches.steps, epochs=phase_epochs,
+                                   validation_data=validation, class_weight=class_weight,
+                                   callbacks=callbacks, verbose=verbose)
             if keep_best.weights is None:
                 raise RuntimeError(f"training {model.name} never reached a finite val_loss; "
                                    f"no best model was kept")
@@ -423,9 +607,10 @@ def train(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
             rate = (fine_tune_learning_rate if fine_tune_learning_rate is not None
                     else _current_learning_rate(model) * FINE_TUNE_LR_FACTOR)
             set_freeze(model, fine_tune_freeze)
-            model.compile(optimizer=_fine_tune_optimiser(model, rate), loss=model.loss,
-                          metrics=["accuracy"], jit_compile=model.jit_compile,
-                          run_eagerly=model.run_eagerly)
+            with distribution_scope(distribution):
+                model.compile(optimizer=_fine_tune_optimiser(model, rate), loss=model.loss,
+                              metrics=["accuracy"], jit_compile=model.jit_compile,
+                              run_eagerly=model.run_eagerly)
             second = fit(fine_tune_epochs, len(history))  # keep_best goes on from phase one's best
             history = pd.concat([history.assign(phase=1), second.assign(phase=2)],
                                 ignore_index=True)

@@ -1,4 +1,4 @@
-"""Tests of helpers.explain: CAM and Grad-CAM, their target layers, the TensorFlow and JAX gradients,
+"""Tests of helpers.explain: CAM and Grad-CAM, their target layers, the TensorFlow, JAX and PyTorch gradients,
 lesion masks in the model's geometry, and the localisation score against its baselines."""
 
 from __future__ import annotations
@@ -175,16 +175,17 @@ def small_network(init):
     return keras.Model(image, keras.layers.Dense(3, activation="softmax", kernel_initializer=init, name="output")(x))
 """
 """A network with batch norm and dropout before and after its maps (inference mode matters), built
-alike in both processes. The JAX one starts from zeros and loads the weights (JAX compiles a random
-initialiser for seconds; keras.utils.set_random_seed would import TensorFlow)."""
+alike in every process. The JAX and torch ones start from zeros and load the weights (JAX compiles a
+random initialiser for seconds; keras.utils.set_random_seed would import TensorFlow)."""
 
-JAX_SCRIPT = """
+OTHER_BACKEND_SCRIPT = """
+import os
 import sys
 import numpy as np
 from helpers import backend  # noqa: F401
 import keras
 from helpers import explain
-assert keras.backend.backend() == "jax", keras.backend.backend()
+assert keras.backend.backend() == os.environ["KERAS_BACKEND"], keras.backend.backend()
 """ + SMALL_NETWORK + """
 model = small_network("zeros")
 model.load_weights(sys.argv[1])
@@ -195,9 +196,17 @@ np.savez(sys.argv[3], grad_cam=explain.grad_cam(model, x, [0, 1, 2]),
 """
 
 
-def test_tensorflow_and_jax_give_the_same_maps(tmp_path):
+def _torch_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+@pytest.mark.parametrize("other", ["jax", pytest.param("torch", marks=pytest.mark.skipif(
+    not _torch_importable(), reason="torch is not installed (pip install torch==2.13.0, the CPU build)"))])
+def test_tensorflow_and_other_backends_give_the_same_maps(tmp_path, other):
     """The same network and weights, the maps computed here (TensorFlow) and in a process on the JAX
-    backend: Grad-CAM at the last maps and at an earlier layer, and CAM."""
+    or the PyTorch backend: Grad-CAM at the last maps and at an earlier layer, and CAM."""
     assert keras.backend.backend() == "tensorflow"
     scope: dict = {"keras": keras}
     exec(SMALL_NETWORK, scope)  # noqa: S102 - the network's definition, shared with the JAX process
@@ -211,25 +220,25 @@ def test_tensorflow_and_jax_give_the_same_maps(tmp_path):
     model.save_weights(tmp_path / "model.weights.h5")
     np.save(tmp_path / "x.npy", x)
     script = tmp_path / "maps.py"
-    script.write_text(JAX_SCRIPT)
+    script.write_text(OTHER_BACKEND_SCRIPT)
     done = subprocess.run([sys.executable, str(script), str(tmp_path / "model.weights.h5"), str(tmp_path / "x.npy"),
-                           str(tmp_path / "jax.npz")], capture_output=True, text=True, cwd=REPO_ROOT,
-                          env={**os.environ, "KERAS_BACKEND": "jax"}, timeout=300)
+                           str(tmp_path / "other.npz")], capture_output=True, text=True, cwd=REPO_ROOT,
+                          env={**os.environ, "KERAS_BACKEND": other}, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    jax = np.load(tmp_path / "jax.npz")
+    theirs = np.load(tmp_path / "other.npz")
     ours = {"grad_cam": explain.grad_cam(model, x, [0, 1, 2]),
             "raw": explain.grad_cam(model, x, [2, 1, 0], layer="relu1", raw=True),
             "cam": explain.class_activation_map(model, x, [1, 0, 1], raw=True)}
     assert ours["grad_cam"].max() == 1 and ours["raw"].shape == (3, 16, 16) and np.abs(ours["cam"]).max() > 0
-    np.testing.assert_allclose(jax["grad_cam"], ours["grad_cam"], atol=1e-4)
+    np.testing.assert_allclose(theirs["grad_cam"], ours["grad_cam"], atol=1e-4)
     for key in ("raw", "cam"):  # compared relative to their size
         scale = np.abs(ours[key]).max()
-        np.testing.assert_allclose(jax[key] / scale, ours[key] / scale, atol=1e-4, err_msg=key)
+        np.testing.assert_allclose(theirs[key] / scale, ours[key] / scale, atol=1e-4, err_msg=key)
 
 
 def test_a_backend_without_a_gradient_function_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
-    with pytest.raises(NotImplementedError, match="tensorflow and jax.*'torch'"):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "numpy")
+    with pytest.raises(NotImplementedError, match="tensorflow, jax, torch backends.*'numpy'"):
         explain.grad_cam(_gap_model(), _images(1, 8), 0)
 
 

@@ -1,7 +1,9 @@
 """The whole study, headless, as a researcher runs it: ``python -m helpers run --profile smoke``.
 
-One smoke run feeds several checks: it completes, its report says which data, weights and profile
-produced every number, a second run gives byte-identical metrics, an unchanged run is skipped, and
+One smoke run (on a two-worker Dask ``LocalCluster``, ``--cluster local``: every notebook a task, its
+``reuses:`` chains and the ``after_all`` results notebook in order) feeds several checks: it completes,
+its report says which data, weights and profile produced every number, a second run (on the default
+process pool) gives byte-identical metrics, an unchanged run is skipped, and
 nbval re-executes the committed notebooks against it and compares their stored outputs.
 """
 
@@ -39,7 +41,7 @@ def run_smoke(folder: Path, *extra: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def smoke_study(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     folder = tmp_path_factory.mktemp("smoke-a")
-    result = run_smoke(folder)
+    result = run_smoke(folder, "--cluster", "local")  # on a two-worker Dask LocalCluster; the reruns below use the default pool
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return folder, result
 
@@ -49,6 +51,7 @@ def test_smoke_study_runs_every_notebook_and_writes_the_report(smoke_study):
     profile_dir = folder / "reports" / "smoke"
     index = profile_dir / "index.html"
     assert f"report: {index}" in result.stdout
+    assert "started a local Dask cluster" in result.stdout
     assert len(TRAINING_RUNS) == 16, TRAINING_RUNS
     for run in ALL_RUNS:
         status = json.loads((profile_dir / run / "run.json").read_text())

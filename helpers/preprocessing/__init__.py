@@ -15,19 +15,23 @@ its weights. The last stage, normalisation (the paper's per-image standardisatio
 backbone's ImageNet convention when it starts from ImageNet weights), runs inside the model as a
 layer (:class:`helpers.models.ImageNormalisation`), after augmentation; each preset names the
 paper's normalisation in :attr:`Preset.normalisation`. Cached arrays are stored as float16, grey
-presets with one channel (:func:`prepare_arrays`).
+presets with one channel, and memory-mapped when loaded, so a cache larger than memory streams
+from disk (:func:`prepare_arrays`, which prepares them on every core).
 
 The package's modules, lower ones first (each imports only those above it):
 
-- ``readers``: :func:`read_image` (OpenCV formats and DICOM; the stored bit depth sets the scale),
-  :func:`file_kind` (what a file is by its content), :class:`ImageReadError`;
+- ``readers``: :func:`read_image` (OpenCV formats and DICOM; the stored bit depth sets the scale;
+  RLE DICOM through the pylibjpeg-rle plugin where installed), :func:`file_kind` (what a file is by
+  its content), :class:`ImageReadError`;
 - ``steps``: the step functions and :data:`STEPS`;
 - ``presets``: :class:`Step`, :class:`Preset`, :data:`PRESETS`, lesion patches and
   :func:`apply_preset`;
 - ``patches``: lesion-free patches drawn like lesion patches: :func:`assign_normal_radii` (a
   radius from the dataset's lesion radii, per manifest row) and :func:`normal_patch_roi` (a seeded
   position inside the breast, :func:`breast_mask`), :func:`in_breast_fraction`;
-- ``cache``: :func:`prepare_arrays`, :func:`cache_key`, ``PREPROCESSING_VERSION``, :func:`as_rgb`.
+- ``cache``: :func:`prepare_arrays` (``workers``: processes, :func:`available_cores` by default),
+  :func:`cache_key`, ``PREPROCESSING_VERSION``, :func:`as_rgb`, :func:`load_cache_file` (a cache
+  file's arrays, memory-mapped).
 
 Every public name is re-exported here: use ``helpers.preprocessing.X``.
 """
@@ -36,10 +40,13 @@ from __future__ import annotations
 
 from helpers.preprocessing.cache import (
     CACHE_DTYPE,
+    PARALLEL_MIN_IMAGES,
     PREPROCESSING_VERSION,
     PreparedArrays,
     as_rgb,
+    available_cores,
     cache_key,
+    load_cache_file,
     parse_roi,
     prepare_arrays,
 )
@@ -92,11 +99,11 @@ from helpers.preprocessing.steps import (
 
 __all__ = [
     "CACHE_DTYPE", "CLEAN_TOLERANCE", "CROP_STEPS", "ImageReadError", "MIN_PATCH_SIDE",
-    "PAPER003_NORMALISATION", "PAPER003_NORMALISATIONS", "PATCH_RADIUS", "PATCH_SEED",
+    "PAPER003_NORMALISATION", "PAPER003_NORMALISATIONS", "PARALLEL_MIN_IMAGES", "PATCH_RADIUS", "PATCH_SEED",
     "PREPROCESSING_VERSION", "PRESETS", "PreparedArrays", "RESCALING_STEPS", "Preset", "READERS", "RESIZE_METHODS",
-    "STEPS", "Size", "Step", "apply_preset", "as_rgb", "assign_normal_radii", "bilateral_filter",
+    "STEPS", "Size", "Step", "apply_preset", "as_rgb", "assign_normal_radii", "available_cores", "bilateral_filter",
     "breast_centred_roi", "breast_mask", "cache_key", "clahe", "contrast_stretch", "cut_patch", "downscale",
-    "file_kind", "gaussian_filter", "get_preset", "grey_to_rgb", "in_breast_fraction", "is_colour",
+    "file_kind", "gaussian_filter", "get_preset", "grey_to_rgb", "in_breast_fraction", "is_colour", "load_cache_file",
     "median_filter", "normal_patch_roi", "otsu_crop", "otsu_crop_box", "otsu_mask", "parse_roi", "patch_side",
     "patch_window", "prepare_arrays", "read_image", "remove_artefacts", "resize", "scale_01",
     "to_float",

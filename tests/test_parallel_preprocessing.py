@@ -201,26 +201,12 @@ def test_rle_plugin_gives_pydicom_s_pixels_on_the_cbis_sample() -> None:
 
 
 def test_a_failing_rle_plugin_falls_back_to_pydicom(tmp_path: Path, monkeypatch) -> None:
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, RLELossless, SecondaryCaptureImageStorage, generate_uid
+    from test_preprocessing import write_dicom
 
     from helpers.preprocessing import readers
 
     pixels = np.random.default_rng(0).integers(0, 4096, (12, 10), dtype=np.uint16)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.tobytes()
-    ds.compress(RLELossless)
-    ds.save_as(tmp_path / "a.dcm", enforce_file_format=True)
+    write_dicom(tmp_path / "a.dcm", pixels, photometric="MONOCHROME1", bits_stored=12, rle=True)
     expected = (np.float32(4095) - pixels) / np.float32(4095)
     assert np.array_equal(pp.read_image(tmp_path / "a.dcm"), expected)
     monkeypatch.setattr(readers, "rle_plugin", lambda: "no-such-plugin")  # fails: pydicom's own decodes

@@ -16,6 +16,15 @@ so that a rerun on the same machine writes the same bytes.
 
 On JAX, compiled programs are cached on disk and shared by the notebooks of a study
 (:func:`_configure_jax`).
+
+TensorFlow runs on the CPU with its Eigen kernels, not oneDNN's (``TF_ENABLE_ONEDNN_OPTS=0`` unless
+the environment sets it). oneDNN picks its code by the processor's instruction set when it runs,
+so the same smoke run gave other numbers on another x86 CPU (measured: lesson 4's SVM grid chose
+another best setting with ``ONEDNN_MAX_CPU_ISA=AVX2`` than on the AVX-512/AMX machine it ran on, and
+the notebooks' stored outputs stopped matching); Eigen's kernels are chosen when TensorFlow is built,
+not by the instruction set of the CPU it runs on (not yet checked on a second CPU model: Eigen still
+sizes its blocks by the caches it finds). ``TF_ENABLE_ONEDNN_OPTS=1`` turns oneDNN back on for
+speed; ``environment()`` records which (key ``onednn``). GPUs are not affected.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ from contextlib import contextmanager
 from typing import Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+_ONEDNN_SETTING = (os.environ.get("TF_ENABLE_ONEDNN_OPTS") if "tensorflow" in sys.modules  # read already
+                   else os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0"))  # CPU numbers that do not depend on the CPU
 
 
 @contextmanager
@@ -118,6 +129,9 @@ def _configure_jax() -> None:
 
 
 _import_keras_quietly()
+ONEDNN = "off" if (_ONEDNN_SETTING or "").strip().lower() in ("0", "false", "off") else "on"
+"""Whether TensorFlow's CPU kernels are oneDNN's (TensorFlow's default, unset, is on), as the variable
+stood when TensorFlow was imported."""
 _configure_jax()
 
 import keras  # noqa: E402  (already imported, quietly)
@@ -190,7 +204,8 @@ def environment() -> dict[str, str]:
     """The Keras backend, library versions and device of this process, for ``metrics.json``.
 
     Keys: ``backend``, ``python``, ``keras``, the backend library's own name (``tensorflow``,
-    ``jax`` or ``torch``), ``numpy``, ``scikit-learn``, ``opencv`` and ``device``.
+    ``jax`` or ``torch``), ``numpy``, ``scikit-learn``, ``opencv`` and ``device``; on TensorFlow
+    also ``onednn`` ("on" or "off", see the module docstring: as TensorFlow read it when imported).
     """
     import cv2
     import numpy
@@ -207,5 +222,7 @@ def environment() -> dict[str, str]:
     }
     library = BACKEND_LIBRARIES.get(backend, backend)
     found.setdefault(library, _version(library))
+    if backend == "tensorflow":
+        found["onednn"] = ONEDNN
     found["device"] = device(backend)
     return found

@@ -45,8 +45,10 @@ from helpers.runner import ClusterError, RunOutcome, Stop
 
 LOCAL = "local"
 """The only value of ``--cluster``: a ``LocalCluster`` on this machine."""
-FORWARDED_ENV = ("HELPERS_DATA_DIR", "HELPERS_CACHE_DIR", "HELPERS_REPORTS_DIR", "KERAS_HOME", "KERAS_BACKEND")
-"""The client's environment variables that each notebook on a worker gets too (the same folders, backend)."""
+FORWARDED_ENV = ("HELPERS_DATA_DIR", "HELPERS_CACHE_DIR", "HELPERS_REPORTS_DIR", "KERAS_HOME", "KERAS_BACKEND",
+                 "TF_ENABLE_ONEDNN_OPTS")
+"""The client's environment variables that each notebook on a worker gets too (the same folders, backend,
+TensorFlow CPU kernels: helpers.backend)."""
 WORKERS_TIMEOUT_S = 60  # how long a scheduler may have no worker before the study gives up
 CONNECT_TIMEOUT_S = 30
 DRAIN_S = 3.0  # at the end, how long to wait for progress lines still on their way

@@ -1078,7 +1078,7 @@ NOT_RECORDED = "not recorded"
 """The environment of a run whose metrics.json predates it (schema 1)."""
 
 _ENVIRONMENT_LIBRARIES = (("python", "Python"), ("numpy", "NumPy"), ("scikit-learn", "scikit-learn"),
-                          ("opencv", "OpenCV"))
+                          ("opencv", "OpenCV"), ("onednn", "oneDNN"))
 
 
 def describe_environment(environment: dict[str, str] | None) -> str:

@@ -43,6 +43,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from helpers import backend  # noqa: E402  (first: Keras as the study imports it, oneDNN off unless set)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -184,6 +185,11 @@ def markdown_table(rows: list[dict[str, str]], columns: tuple[str, ...] = COLUMN
     return "\n".join(lines)
 
 
+def _kernels() -> str:
+    """", oneDNN on|off" on TensorFlow (helpers.backend: off unless TF_ENABLE_ONEDNN_OPTS=1)."""
+    return f", oneDNN {backend.ONEDNN}" if keras.config.backend() == "tensorflow" else ""
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64, help="input height and width (px)")
@@ -219,12 +225,12 @@ def main(argv: list[str] | None = None) -> str:
                                   warmup=args.warmup))
         print(f"done: {name}", flush=True)
     if args.compare:
-        table = (f"backend {keras.config.backend()}, policy {policy}, batch {args.batch}, "
+        table = (f"backend {keras.config.backend()}{_kernels()}, policy {policy}, batch {args.batch}, "
                  f"{args.steps} steps x {args.epochs} epochs per run, {args.repeats} timed runs of each "
                  f"(alternating) after one untimed, data workers {workers}\n\n"
                  + markdown_table(rows, COMPARE_COLUMNS))
     else:
-        table = (f"backend {keras.config.backend()}, policy {policy}, batch {args.batch}, "
+        table = (f"backend {keras.config.backend()}{_kernels()}, policy {policy}, batch {args.batch}, "
                  f"{args.steps} timed steps after {args.warmup} warm-up steps\n\n"
                  + markdown_table(rows))
     print(table)

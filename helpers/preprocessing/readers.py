@@ -117,7 +117,7 @@ def _unit(values: np.ndarray, max_value: int) -> np.ndarray:
     """Integer values of a stored depth below their type's as float32 in [0, 1]; full depth as is."""
     if max_value == np.iinfo(values.dtype).max:
         return values
-    return values.astype(np.float32) / float(max_value)
+    return np.divide(values, np.float32(max_value), dtype=np.float32)  # one pass: cast and divide
 
 
 def netpbm_header(head: bytes) -> tuple[list[bytes], int]:

@@ -30,7 +30,7 @@ def to_float(img: np.ndarray, bits: int | None = None) -> np.ndarray:
             if img.size and int(img.max()) > top:
                 raise ValueError(f"to_float: value {int(img.max())} is above {top}, "
                                  f"the largest of {bits} bits")
-        return img.astype(np.float32) / float(top)
+        return np.divide(img, np.float32(top), dtype=np.float32)  # one pass: cast and divide
     if img.dtype == np.bool_ or np.issubdtype(img.dtype, np.floating):
         return img.astype(np.float32)
     raise ValueError(f"to_float: unsupported dtype {img.dtype} (expected uint8, uint16, bool or float)")
@@ -178,13 +178,29 @@ def clahe(img: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8) -> np.nd
     result equals 8-bit CLAHE; for finer data the 65536-bin histogram is used as it is.
     """
     img = np.clip(_as_float(img), 0.0, 1.0)
-    eight_bit_levels = bool(np.allclose(img * 255, np.rint(img * 255), atol=1e-3))
-    limit = clip_limit * (256 if eight_bit_levels else 1)
+    limit = clip_limit * (256 if _eight_bit_levels(img) else 1)
     equaliser = cv2.createCLAHE(clipLimit=limit, tileGridSize=(tile_grid, tile_grid))
     channels = [img] if img.ndim == 2 else [img[:, :, c] for c in range(img.shape[2])]
-    out = [equaliser.apply(np.rint(c * 65535).astype(np.uint16)).astype(np.float32) / 65535
-           for c in channels]
+    out = [np.divide(equaliser.apply(_to_uint16(c)), np.float32(65535), dtype=np.float32) for c in channels]
     return out[0] if img.ndim == 2 else np.stack(out, axis=-1)
+
+
+def _eight_bit_levels(img: np.ndarray, sample: int = 4096) -> bool:
+    """True when every value is (within 1e-3 of 1/255) a multiple of 1/255, as ``np.allclose``
+    decides; the first ``sample`` values are checked first, so finer data is told at once."""
+    flat = img.reshape(-1)
+    head = flat[:sample] * 255
+    if not np.allclose(head, np.rint(head), atol=1e-3):
+        return False
+    scaled = flat * 255
+    return bool(np.allclose(scaled, np.rint(scaled), atol=1e-3))
+
+
+def _to_uint16(channel: np.ndarray) -> np.ndarray:
+    """A [0, 1] float channel rounded to 0..65535 (``rint(c * 65535)``, in place of temporaries)."""
+    scaled = np.multiply(channel, 65535, dtype=np.float32)
+    np.rint(scaled, out=scaled)
+    return scaled.astype(np.uint16)
 
 
 def otsu_crop_box(img: np.ndarray, margin: float = 0.02) -> tuple[int, int, int, int] | None:

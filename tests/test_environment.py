@@ -16,8 +16,12 @@ def _normalise(requirement: str) -> tuple[str, str]:
     return match.group(1).lower().replace("_", "-"), match.group(2).replace(" ", "")
 
 
+def _project() -> dict:
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+
+
 def test_environment_yml_matches_pyproject():
-    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    project = _project()
     environment = yaml.safe_load((REPO_ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict) and "pip" in d)
     from_pip = {_normalise(r) for r in pip_section if not r.startswith("-e")}
@@ -34,8 +38,7 @@ def test_the_installed_libraries_are_the_pinned_ones():
     rather than let nbval report changed numbers (reinstall with `make .venv/.installed`)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-    pins = dict(_normalise(r) for r in project["dependencies"])
+    pins = dict(_normalise(r) for r in _project()["dependencies"])
     pinned = {name: spec[2:] for name, spec in pins.items() if spec.startswith("==")}
     assert {"numpy", "scikit-learn", "opencv-python-headless", "tensorflow", "keras"} <= set(pinned)
     drift = {}

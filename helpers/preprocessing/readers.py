@@ -36,6 +36,8 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from helpers.preprocessing.steps import unit_float
+
 
 class ImageReadError(ValueError):
     """An image file is missing, unreadable, corrupt or of an unsupported kind."""
@@ -117,7 +119,7 @@ def _unit(values: np.ndarray, max_value: int) -> np.ndarray:
     """Integer values of a stored depth below their type's as float32 in [0, 1]; full depth as is."""
     if max_value == np.iinfo(values.dtype).max:
         return values
-    return np.divide(values, np.float32(max_value), dtype=np.float32)  # one pass: cast and divide
+    return unit_float(values, max_value)
 
 
 def netpbm_header(head: bytes) -> tuple[list[bytes], int]:
@@ -199,7 +201,7 @@ def _png_unit(path: Path, img: np.ndarray, significant: tuple[int, int] | None) 
         raise _fail(path, f"its sBIT chunk says {bits} significant bits of {depth}, but the values are "
                           f"not scaled to {depth} bits as PNG requires (maximum {int(img.max())}): "
                           "the writer stored them unscaled; rewrite the file without sBIT or scaled")
-    return top.astype(np.float32) / float(2**bits - 1)
+    return _unit(top, 2**bits - 1)
 
 
 # ----------------------------------------------------------------------------- OpenCV formats

@@ -30,10 +30,16 @@ def to_float(img: np.ndarray, bits: int | None = None) -> np.ndarray:
             if img.size and int(img.max()) > top:
                 raise ValueError(f"to_float: value {int(img.max())} is above {top}, "
                                  f"the largest of {bits} bits")
-        return np.divide(img, np.float32(top), dtype=np.float32)  # one pass: cast and divide
+        return unit_float(img, top)
     if img.dtype == np.bool_ or np.issubdtype(img.dtype, np.floating):
         return img.astype(np.float32)
     raise ValueError(f"to_float: unsupported dtype {img.dtype} (expected uint8, uint16, bool or float)")
+
+
+def unit_float(values: np.ndarray, top: int) -> np.ndarray:
+    """Integers ``values`` divided by ``top`` as float32, in one pass (the bytes of
+    ``values.astype(np.float32) / top`` without the intermediate copy)."""
+    return np.divide(values, np.float32(top), dtype=np.float32)
 
 
 def _as_float(img: np.ndarray) -> np.ndarray:
@@ -181,7 +187,7 @@ def clahe(img: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8) -> np.nd
     limit = clip_limit * (256 if _eight_bit_levels(img) else 1)
     equaliser = cv2.createCLAHE(clipLimit=limit, tileGridSize=(tile_grid, tile_grid))
     channels = [img] if img.ndim == 2 else [img[:, :, c] for c in range(img.shape[2])]
-    out = [np.divide(equaliser.apply(_to_uint16(c)), np.float32(65535), dtype=np.float32) for c in channels]
+    out = [unit_float(equaliser.apply(_to_uint16(c)), 65535) for c in channels]
     return out[0] if img.ndim == 2 else np.stack(out, axis=-1)
 
 
